@@ -1,0 +1,1 @@
+"""Optional plugins, enabled by name in settings.toml: ``[plugins] enabled``."""

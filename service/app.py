@@ -1,0 +1,69 @@
+"""The application factory: settings in, a ready ``web.Application`` out.
+
+Resources live in ``cleanup_ctx``: the database (an embedded server when no
+URL is configured), the schema, the audit file, and the start-up trash sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from service import handlers, keys
+from service.builtin.audit import AuditLog
+from service.db import Database
+from service.embedded import start_embedded
+from service.errors import error_middleware
+from service.logs import request_context_middleware
+from service.pipeline import Deleter
+from service.plugin_manager import create_plugin_manager
+from service.settings import Settings
+from service.sweep import sweep_trash
+
+API = "/api/v0/data_pipeline"
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[request_context_middleware, error_middleware],
+        client_max_size=MAX_BODY_BYTES,
+    )
+    audit_log = AuditLog(settings.audit_path)
+    app[keys.SETTINGS] = settings
+    app[keys.PLUGINS] = create_plugin_manager(settings, audit_log)
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        url, stop = settings.database_url, None
+        if not url:
+            url, stop = await asyncio.to_thread(start_embedded, settings.var_dir / "pgdata")
+        try:
+            db = await Database.connect(url)
+            try:
+                await db.ensure_schema()
+                app[keys.DB] = db
+                app[keys.DELETER] = Deleter(settings, db, app[keys.PLUGINS])
+                yield
+            finally:
+                await db.close()
+        finally:
+            if stop:
+                await asyncio.to_thread(stop)
+
+    async def audit(app: web.Application) -> AsyncIterator[None]:
+        await asyncio.to_thread(audit_log.open)
+        yield
+        audit_log.close()
+
+    async def sweep(app: web.Application) -> AsyncIterator[None]:
+        await asyncio.to_thread(settings.base_dir.mkdir, parents=True, exist_ok=True)
+        await sweep_trash(settings, app[keys.DB])
+        yield
+
+    app.cleanup_ctx.extend([database, audit, sweep])
+    app.router.add_get(f"{API}/tasks", handlers.list_tasks)
+    app.router.add_delete(f"{API}/tasks", handlers.delete_tasks)
+    app.router.add_get(f"{API}/tasks/{{task_id}}", handlers.get_task)
+    return app

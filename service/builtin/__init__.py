@@ -1,0 +1,1 @@
+"""The service's own behaviour, as plugins registered before any other."""

@@ -1,0 +1,71 @@
+"""HTTP handlers: parse, call the database or the deletion pipeline, answer
+in the contract's envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from service import keys, params
+from service.errors import BadRequest, NotFound, envelope
+from service.formatting import jsonable
+from service.pipeline import BatchContext, id_problem
+
+
+def _task(row: dict[str, Any]) -> dict[str, Any]:
+    task = jsonable(row)
+    if "steps" in task:
+        task["steps"] = [jsonable(step) for step in task["steps"]]
+    # Rows from before the migration may hold NULL; the column's default is true.
+    task["directory_exists"] = task["directory_exists"] is not False
+    task["created_by"] = task.get("by_user")
+    return task
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    query = params.list_query(request.query)
+    rows, total = await request.app[keys.DB].list_tasks(
+        limit=query.limit,
+        offset=query.offset,
+        status=query.status,
+        directory_exists=query.directory_exists,
+    )
+    data = {
+        "tasks": [_task(row) for row in rows],
+        "total": total,
+        "limit": query.limit,
+        "offset": query.offset,
+    }
+    return envelope(200, "获取任务列表成功", data)
+
+
+async def get_task(request: web.Request) -> web.Response:
+    task_id = request.match_info["task_id"]
+    if problem := id_problem(task_id, request.app[keys.SETTINGS]):
+        raise BadRequest(problem, invalid_params=["task_id"])
+    row = await request.app[keys.DB].get_task(task_id)
+    if row is None:
+        raise NotFound(f"任务不存在: {task_id}")
+    return envelope(200, "获取任务详情成功", _task(row))
+
+
+async def delete_tasks(request: web.Request) -> web.Response:
+    settings = request.app[keys.SETTINGS]
+    task_ids, options = await params.delete_body(request, settings.max_task_ids)
+    # Fail the whole request (503) before any directory is touched when the
+    # database is away: every task would fail its record step anyway.
+    await request.app[keys.DB].ping()
+    batch = BatchContext(
+        task_ids=task_ids,
+        options=options,
+        request_id=request["request_id"],
+        client=request.remote,
+    )
+    data = await request.app[keys.DELETER].delete_batch(batch)
+    summary = data["summary"]
+    if summary["successfully_deleted"] == 0:
+        return envelope(200, "任务删除失败", data, success=False)
+    if summary["failed"] or summary["skipped"]:
+        return envelope(200, "批量删除部分完成", data)
+    return envelope(200, "任务目录删除成功", data)

@@ -1,0 +1,59 @@
+"""The one way the service calls hooks.
+
+pluggy calls implementations synchronously: an ``async def`` implementation
+returns a coroutine, which pluggy would take for its result (ending a
+``firstresult`` chain with a never-awaited coroutine). So the service never
+calls ``pm.hook.<name>()``; ``run_hook`` walks the implementations in
+pluggy's own call order (``reversed(get_hookimpls())``: tryfirst first,
+trylast last, later registrations before earlier ones) and awaits each
+awaitable result before calling the next.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pluggy
+import structlog
+
+from service.errors import PLUGIN_ERROR, TaskFailed
+
+log = structlog.get_logger("service")
+
+
+class PluginError(TaskFailed):
+    """A hook implementation raised something other than ``TaskFailed``."""
+
+    def __init__(self, plugin: str, hook: str) -> None:
+        super().__init__(PLUGIN_ERROR, f"插件 {plugin} 在 {hook} 中出错", plugin=plugin, hook=hook)
+
+
+async def run_hook(pm: pluggy.PluginManager, name: str, /, **kwargs: Any) -> Any:
+    """Call hook ``name`` with ``kwargs``.
+
+    Returns the list of non-None results, or for a ``firstresult`` hook the
+    first non-None result (None when there is none). ``TaskFailed`` from an
+    implementation propagates as it is; any other exception becomes
+    ``PluginError`` naming the plugin, logged with its traceback.
+    """
+    caller = getattr(pm.hook, name)
+    firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
+    results = []
+    for impl in reversed(caller.get_hookimpls()):
+        if impl.hookwrapper or impl.wrapper:
+            raise TypeError(f"plugin {impl.plugin_name}: hook wrappers are not supported ({name})")
+        try:
+            result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+            if inspect.isawaitable(result):
+                result = await result
+        except TaskFailed:
+            raise
+        except Exception as e:
+            log.exception("plugin_error", plugin=impl.plugin_name, hook=name)
+            raise PluginError(impl.plugin_name, name) from e
+        if result is not None:
+            if firstresult:
+                return result
+            results.append(result)
+    return None if firstresult else results

@@ -1,0 +1,15 @@
+"""Typed application keys (aiohttp ``web.AppKey``)."""
+
+from __future__ import annotations
+
+import pluggy
+from aiohttp import web
+
+from service.db import Database
+from service.pipeline import Deleter
+from service.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+DB = web.AppKey("db", Database)
+PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
+DELETER = web.AppKey("deleter", Deleter)

@@ -1,0 +1,274 @@
+"""The deletion pipeline: one task's deletion as a sequence of hooks, and a
+batch of them (DESIGN.md §3).
+
+For one task:
+  0. the id is validated before anything else: no hook ever sees a path built
+     from an id that could leave the base directory;
+  1. lock: a transaction-scoped advisory lock on the id (TASK_LOCKED if held);
+  2. dptask_check_delete: every check runs, every veto is reported;
+  3. dptask_before_removal: archiving and the like;
+  4. dptask_detach_directory: one rename into the trash;
+  5. dptask_update_records, then COMMIT: on any failure up to the commit the
+     directory is renamed back and the task fails;
+  6. dptask_purge_directory: removal and counting in worker threads;
+  7. dptask_after_delete / dptask_delete_failed: the audit line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import structlog
+
+from service import errors, fs
+from service.db import Database, DatabaseError, TaskLocked, TaskTransaction
+from service.errors import TaskFailed, Veto
+from service.formatting import format_size, iso
+from service.hookrunner import run_hook
+from service.settings import Settings
+
+log = structlog.get_logger("service")
+
+# Tasks of one batch deleted at once when continue_on_error allows it.
+BATCH_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class DeleteOptions:
+    delete_database_records: bool = False
+    continue_on_error: bool = True
+    force: bool = False
+    dry_run: bool = False
+    allow_missing: bool = False
+
+
+@dataclass
+class BatchContext:
+    task_ids: list[str]
+    options: DeleteOptions
+    request_id: str
+    client: str | None
+
+
+@dataclass
+class TaskContext:
+    task_id: str
+    path: Path
+    options: DeleteOptions
+    settings: Settings
+    request_id: str
+    client: str | None
+    transaction: TaskTransaction | None = None
+    directory_exists: bool = False
+    now: datetime = field(default_factory=datetime.now)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        return self.transaction.record if self.transaction else None
+
+    @property
+    def running_steps(self) -> list[str]:
+        return self.transaction.running_steps if self.transaction else []
+
+
+def id_problem(task_id: Any, settings: Settings) -> str | None:
+    """Why ``task_id`` can never name a task directory, or None."""
+    if not isinstance(task_id, str) or not task_id:
+        return "任务ID不能为空"
+    # These hold whatever tasks.id_pattern says: an id is one plain path component.
+    if task_id in (".", "..") or task_id.startswith(".") or any(c in task_id for c in "/\\\0"):
+        return "任务ID格式无效: 不能包含路径分隔符或以点开头"
+    if not settings.id_pattern.fullmatch(task_id):
+        return "任务ID格式无效: 不符合 tasks.id_pattern"
+    return None
+
+
+class Deleter:
+    """Deletes tasks for one application: its settings, database and plugins."""
+
+    def __init__(self, settings: Settings, db: Database, pm: pluggy.PluginManager) -> None:
+        self.settings = settings
+        self.db = db
+        self.pm = pm
+
+    async def delete_batch(self, batch: BatchContext) -> dict[str, Any]:
+        started_at = datetime.now()
+        ids = list(dict.fromkeys(batch.task_ids))  # the same id twice is processed once
+        results: list[tuple[bool, dict[str, Any]] | None] = [None] * len(ids)
+
+        if batch.options.continue_on_error:
+            limit = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+            async def one(i: int) -> None:
+                async with limit:
+                    results[i] = await self.delete_one(ids[i], batch)
+
+            await asyncio.gather(*(one(i) for i in range(len(ids))))
+        else:
+            for i, task_id in enumerate(ids):
+                results[i] = await self.delete_one(task_id, batch)
+                if not results[i][0]:
+                    break
+
+        done = [r for r in results if r is not None]
+        deleted = [result for ok, result in done if ok]
+        failed = [result for ok, result in done if not ok]
+        skipped = [task_id for task_id, r in zip(ids, results, strict=True) if r is None]
+        data = {
+            "deleted_at": iso(started_at),
+            "dry_run": batch.options.dry_run,
+            "deleted_tasks": deleted,
+            "failed_tasks": failed,
+            "skipped_tasks": skipped,
+            "summary": {
+                "total_requested": len(ids),
+                "successfully_deleted": len(deleted),
+                "failed": len(failed),
+                "skipped": len(skipped),
+            },
+        }
+        await self._notify("dptask_batch_finished", batch=batch, data=data)
+        return data
+
+    async def delete_one(self, task_id: str, batch: BatchContext) -> tuple[bool, dict[str, Any]]:
+        started = time.monotonic()
+        task = TaskContext(
+            task_id=task_id,
+            path=self.settings.base_dir / task_id if isinstance(task_id, str) else Path(),
+            options=batch.options,
+            settings=self.settings,
+            request_id=batch.request_id,
+            client=batch.client,
+        )
+        try:
+            if problem := id_problem(task_id, self.settings):
+                raise TaskFailed(errors.INVALID_TASK_ID, problem)
+            ok, result = True, await self._delete(task)
+        except TaskFailed as e:
+            ok, result = False, _failure(task_id, e.code, e.message, **e.details)
+        except TaskLocked:
+            ok, result = False, _failure(task_id, errors.TASK_LOCKED, "任务正在被另一个请求删除")
+        except DatabaseError:
+            log.warning("task_database_error", task_id=task_id, exc_info=True)
+            ok, result = (
+                False,
+                _failure(task_id, errors.DATABASE_ERROR, "数据库操作失败，任务未删除"),
+            )
+        except Exception:
+            log.exception("task_delete_error", task_id=task_id)
+            ok, result = False, _failure(task_id, errors.DELETE_FAILED, "删除任务时发生内部错误")
+        result["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        hook = "dptask_after_delete" if ok else "dptask_delete_failed"
+        await self._notify(hook, task=task, result=result)
+        return ok, result
+
+    async def _delete(self, task: TaskContext) -> dict[str, Any]:
+        pm, opts = self.pm, task.options
+        detached: Path | None = None
+        try:
+            async with self.db.task_transaction(task.task_id) as tx:
+                task.transaction = tx
+                task.directory_exists = await asyncio.to_thread(os.path.lexists, task.path)
+                vetoes = _flatten(await run_hook(pm, "dptask_check_delete", task=task))
+                if vetoes:
+                    raise TaskFailed(
+                        vetoes[0].code,
+                        vetoes[0].message,
+                        vetoes=[{"code": v.code, "message": v.message} for v in vetoes],
+                    )
+                for extra in await run_hook(pm, "dptask_before_removal", task=task):
+                    task.extra.update(extra)
+                records_deleted = opts.delete_database_records and tx.record is not None
+                if opts.dry_run:
+                    tx.rollback_only = True
+                    stats = fs.TreeStats()
+                    if task.directory_exists:
+                        stats = await asyncio.to_thread(fs.walk_tree, task.path, remove=False)
+                    return _success(task, task.directory_exists, records_deleted, stats)
+                if task.directory_exists:
+                    detached = await run_hook(pm, "dptask_detach_directory", task=task)
+                task.now = datetime.now()
+                records_deleted = bool(await run_hook(pm, "dptask_update_records", task=task))
+        except BaseException as e:
+            if detached is not None:
+                await self._reattach(task, detached)
+                if isinstance(e, DatabaseError):
+                    raise TaskFailed(
+                        errors.DATABASE_ERROR, "数据库记录更新失败，目录已恢复，任务未删除"
+                    ) from e
+            raise
+        stats = fs.TreeStats()
+        if detached is not None:
+            stats = await run_hook(pm, "dptask_purge_directory", task=task, path=detached)
+            if stats.error_count:
+                await self._keep_remains(task, detached, stats)
+        return _success(task, detached is not None, records_deleted, stats)
+
+    async def _reattach(self, task: TaskContext, detached: Path) -> None:
+        try:
+            await asyncio.to_thread(fs.reattach, detached, task.path)
+        except OSError:
+            # The record still says the directory exists, so the start-up
+            # sweep puts it back; nothing is lost.
+            log.exception("reattach_failed", task_id=task.task_id, trash=str(detached))
+
+    async def _keep_remains(self, task: TaskContext, detached: Path, stats: fs.TreeStats) -> None:
+        """Purge failed part-way: put what is left back and record that it exists."""
+        restored = False
+        try:
+            await asyncio.to_thread(fs.reattach, detached, task.path)
+            restored = True
+            async with self.db.task_transaction(task.task_id) as tx:
+                await tx.set_directory_exists(True, datetime.now())
+        except (OSError, DatabaseError, TaskLocked):
+            log.exception("purge_remains_not_recorded", task_id=task.task_id)
+        where = "已放回任务目录" if restored else f"留在 {detached}"
+        raise TaskFailed(
+            errors.PURGE_FAILED,
+            f"目录未能完全删除: {stats.error_count} 个条目无法删除，剩余内容{where}",
+            deleted_files_count=stats.files,
+            deleted_bytes=stats.bytes,
+            errors=stats.errors,
+        )
+
+    async def _notify(self, hook: str, **kwargs: Any) -> None:
+        """Call an observer hook; its failure is logged, never the outcome."""
+        with contextlib.suppress(TaskFailed):  # run_hook logged it with the traceback
+            await run_hook(self.pm, hook, **kwargs)
+
+
+def _flatten(results: list[Veto | list[Veto]]) -> list[Veto]:
+    vetoes: list[Veto] = []
+    for r in results:
+        vetoes.extend(r if isinstance(r, list) else [r])
+    return vetoes
+
+
+def _success(
+    task: TaskContext, directory_deleted: bool, records_deleted: bool, stats: fs.TreeStats
+) -> dict[str, Any]:
+    return {
+        "success": True,
+        "task_id": task.task_id,
+        "directory_deleted": directory_deleted,
+        "database_records_deleted": records_deleted,
+        "deleted_files_count": stats.files,
+        "deleted_size": format_size(stats.bytes),
+        "deleted_bytes": stats.bytes,
+        "deleted_at": iso(task.now),
+        "dry_run": task.options.dry_run,
+        **task.extra,
+    }
+
+
+def _failure(task_id: Any, code: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"success": False, "task_id": task_id, "error": message, "error_code": code, **details}

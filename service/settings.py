@@ -1,0 +1,152 @@
+"""Settings: one TOML file, validated strictly, so that a typo stops start-up.
+
+Every key and its default is listed in ``DEFAULTS``; the README documents
+each one. Relative paths are relative to the settings file's folder, so the
+service behaves the same whatever the working directory is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "server": {"host": "127.0.0.1", "port": 8084},
+    "tasks": {
+        "base_dir": "data_pipeline/training_data",
+        "id_pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        "protected": ["vector_bak"],
+    },
+    "database": {"url": ""},
+    "audit": {"path": "var/audit.log"},
+    "limits": {"max_task_ids": 1000},
+    "plugins": {"enabled": []},
+}
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", str: "a string", list: "a list"}
+
+
+class SettingsError(Exception):
+    """A settings problem, said in one line that names the key."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    root: Path  # the settings file's folder; relative paths start here
+    host: str
+    port: int
+    base_dir: Path
+    id_pattern: re.Pattern[str]
+    protected: frozenset[str]
+    database_url: str
+    audit_path: Path
+    max_task_ids: int
+    plugins_enabled: tuple[str, ...]
+    plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def var_dir(self) -> Path:
+        return self.root / "var"
+
+    @property
+    def trash_dir(self) -> Path:
+        return self.base_dir / ".trash"
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Read ``path`` (default ``./settings.toml``; a missing default file means
+    all defaults), apply ``overrides`` (command-line flags) and ``DATABASE_URL``."""
+    environ = os.environ if environ is None else environ
+    if path is None:
+        file = Path.cwd() / "settings.toml"
+        raw = _read_toml(file) if file.exists() else {}
+    else:
+        file = Path(path)
+        raw = _read_toml(file)
+    root = file.resolve().parent
+    values = _validate(raw)
+    for section, keys in (overrides or {}).items():
+        values[section].update({k: v for k, v in keys.items() if v is not None})
+    if environ.get("DATABASE_URL"):
+        values["database"]["url"] = environ["DATABASE_URL"]
+    return _build(root, values, raw.get("plugins", {}))
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    try:
+        with file.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise SettingsError(f"{file}: cannot read settings file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsError(f"{file}: not valid TOML: {e}") from None
+
+
+def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    values = {section: dict(keys) for section, keys in DEFAULTS.items()}
+    for section, table in raw.items():
+        if section not in DEFAULTS:
+            raise SettingsError(f"settings: unknown section [{section}]")
+        if not isinstance(table, dict):
+            raise SettingsError(f"settings: [{section}] must be a table")
+        for key, value in table.items():
+            if section == "plugins" and isinstance(value, dict):
+                continue  # [plugins.<name>]: each plugin validates its own table
+            if key not in DEFAULTS[section]:
+                raise SettingsError(f"settings: unknown key {section}.{key}")
+            _check_type(f"{section}.{key}", value, type(DEFAULTS[section][key]))
+            values[section][key] = value
+    return values
+
+
+def _check_type(name: str, value: Any, expected: type) -> None:
+    # bool is a subclass of int: a port of `true` must not pass as 1.
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if expected is list and ok:
+        ok = all(isinstance(item, str) for item in value)
+        if not ok:
+            raise SettingsError(f"settings: {name} must be a list of strings")
+    if not ok:
+        raise SettingsError(
+            f"settings: {name} must be {_TYPE_NAMES[expected]}, got {type(value).__name__}"
+        )
+
+
+def _build(root: Path, v: dict[str, dict[str, Any]], plugins_raw: dict[str, Any]) -> Settings:
+    port = v["server"]["port"]
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"settings: server.port must be 0..65535, got {port}")
+    try:
+        id_pattern = re.compile(v["tasks"]["id_pattern"])
+    except re.error as e:
+        raise SettingsError(f"settings: tasks.id_pattern is not a valid regex: {e}") from None
+    max_ids = v["limits"]["max_task_ids"]
+    if max_ids < 1:
+        raise SettingsError(f"settings: limits.max_task_ids must be at least 1, got {max_ids}")
+    return Settings(
+        root=root,
+        host=v["server"]["host"],
+        port=port,
+        base_dir=_resolve(root, v["tasks"]["base_dir"]),
+        id_pattern=id_pattern,
+        protected=frozenset(v["tasks"]["protected"]),
+        database_url=v["database"]["url"],
+        audit_path=_resolve(root, v["audit"]["path"]),
+        max_task_ids=max_ids,
+        plugins_enabled=tuple(v["plugins"]["enabled"]),
+        plugin_options={k: t for k, t in plugins_raw.items() if isinstance(t, dict)},
+    )
+
+
+def _resolve(root: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else root / path
