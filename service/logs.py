@@ -14,6 +14,8 @@ from typing import Any, TextIO
 import structlog
 from aiohttp import web
 
+from service import keys
+
 access_log = structlog.get_logger("access")
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -47,7 +49,7 @@ async def request_context_middleware(request: web.Request, handler: Any) -> web.
     """Bind a request id (the client's X-Request-ID when sane) and log the request."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = given if _CLIENT_REQUEST_ID.match(given) else uuid.uuid4().hex
-    request["request_id"] = request_id
+    request[keys.REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.monotonic()
     status = 500
