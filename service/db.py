@@ -69,9 +69,18 @@ class Database:
                 yield cur
 
     async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        async with self._cursor() as cur:
-            await cur.execute(sql, args)
-            return _dicts(cur, await cur.fetchall())
+        """Run a read. After a server restart the pool still holds dead
+        connections; the first use of one fails and drops it, so a read that
+        fails that way is tried once more, on a fresh connection."""
+        for attempt in (1, 2):
+            try:
+                async with self._cursor() as cur:
+                    await cur.execute(sql, args)
+                    return _dicts(cur, await cur.fetchall())
+            except DatabaseUnavailable:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def ping(self) -> None:
         await self._rows("SELECT 1")

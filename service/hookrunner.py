@@ -17,6 +17,7 @@ from typing import Any
 import pluggy
 import structlog
 
+from service.db import DatabaseError
 from service.errors import PLUGIN_ERROR, TaskFailed
 
 log = structlog.get_logger("service")
@@ -29,12 +30,21 @@ class PluginError(TaskFailed):
         super().__init__(PLUGIN_ERROR, f"插件 {plugin} 在 {hook} 中出错", plugin=plugin, hook=hook)
 
 
+def _label(impl: pluggy.HookImpl) -> str:
+    """The plugin's registered name, or its class or module name when pluggy made one up."""
+    if not impl.plugin_name.isdigit():
+        return impl.plugin_name
+    plugin = impl.plugin
+    return getattr(plugin, "__name__", None) or type(plugin).__name__
+
+
 async def run_hook(pm: pluggy.PluginManager, name: str, /, **kwargs: Any) -> Any:
     """Call hook ``name`` with ``kwargs``.
 
     Returns the list of non-None results, or for a ``firstresult`` hook the
-    first non-None result (None when there is none). ``TaskFailed`` from an
-    implementation propagates as it is; any other exception becomes
+    first non-None result (None when there is none). ``TaskFailed`` and
+    ``DatabaseError`` from an implementation propagate as they are; any other
+    exception becomes
     ``PluginError`` naming the plugin, logged with its traceback.
     """
     caller = getattr(pm.hook, name)
@@ -47,11 +57,12 @@ async def run_hook(pm: pluggy.PluginManager, name: str, /, **kwargs: Any) -> Any
             result = impl.function(*(kwargs[arg] for arg in impl.argnames))
             if inspect.isawaitable(result):
                 result = await result
-        except TaskFailed:
-            raise
+        except (TaskFailed, DatabaseError):
+            raise  # the service's own failures keep their meaning (and code)
         except Exception as e:
-            log.exception("plugin_error", plugin=impl.plugin_name, hook=name)
-            raise PluginError(impl.plugin_name, name) from e
+            plugin = _label(impl)
+            log.exception("plugin_error", plugin=plugin, hook=name)
+            raise PluginError(plugin, name) from e
         if result is not None:
             if firstresult:
                 return result

@@ -278,9 +278,11 @@ class ServiceProcess:
 def service_factory(workdir: Path, base_dir: Path, database_url: str, pg: Pg):
     started: list[ServiceProcess] = []
 
-    def start(port: int | None = None, settings_text: str = "") -> ServiceProcess:
+    def start(
+        port: int | None = None, settings_text: str = "", env: dict[str, str] | None = None
+    ) -> ServiceProcess:
         config = write_settings(workdir, settings_text)
-        env = {**os.environ, "DATABASE_URL": database_url}
+        env = {**os.environ, "DATABASE_URL": database_url, **(env or {})}
         service = ServiceProcess(config, port or free_port(), env).start()
         started.append(service)
         return service

@@ -1,0 +1,271 @@
+"""Real faults: a database that stops, a file that cannot be removed, a killed process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from service import keys
+from service.app import create_app
+from service.embedded import start_embedded
+from service.hookspecs import hookimpl
+from service.settings import load_settings
+from tests.conftest import Pg, insert_task, make_task_dir, tree_snapshot, write_settings
+
+URL = "/api/v0/data_pipeline/tasks"
+
+
+class OwnServer:
+    """An embedded PostgreSQL of this test's own, so that it can be stopped."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self.url = ""
+        self._stop = None
+
+    def start(self) -> str:
+        self.url, self._stop = start_embedded(self.pgdata)
+        return self.url
+
+    def stop(self) -> None:
+        if self._stop:
+            self._stop()
+            self._stop = None
+
+
+@pytest.fixture
+def own_server(tmp_path_factory):
+    server = OwnServer(tmp_path_factory.mktemp("pg") / "pgdata")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_settings(workdir, base_dir, own_server):
+    return load_settings(write_settings(workdir), environ={"DATABASE_URL": own_server.url})
+
+
+async def delete(client, *task_ids, **options):
+    body = {"task_ids": list(task_ids), "confirm": True, **options}
+    resp = await client.request("DELETE", URL, json=body)
+    return resp.status, await resp.json()
+
+
+# ---------------------------------------------------------------- the database goes away
+
+
+class StopsDatabaseBeforeRecordStep:
+    def __init__(self, server: OwnServer) -> None:
+        self.server = server
+
+    @hookimpl(tryfirst=True)
+    async def dptask_update_records(self, task):
+        await asyncio.to_thread(self.server.stop)  # the built-in then meets a dead server
+
+
+async def test_database_lost_during_record_step_restores_the_directory(
+    aiohttp_client, own_server, own_settings, base_dir
+):
+    app = create_app(own_settings)
+    app[keys.PLUGINS].register(StopsDatabaseBeforeRecordStep(own_server))
+    client = await aiohttp_client(app)
+    pg = Pg(own_server.url)
+    insert_task(pg, "task_a")
+    pg.close()
+    task_dir = make_task_dir(base_dir, "task_a", files=20)
+    before = tree_snapshot(task_dir)
+
+    status, body = await delete(client, "task_a")
+
+    (failed,) = body["data"]["failed_tasks"]
+    assert failed["error_code"] == "DATABASE_ERROR"
+    assert tree_snapshot(task_dir) == before
+    assert list((base_dir / ".trash").iterdir()) == []
+    own_server.start()
+    pg = Pg(own_server.url)
+    assert pg.task("task_a")["directory_exists"] is True  # never committed
+    pg.close()
+
+
+async def test_database_down_gives_503_and_touches_nothing_then_recovers(
+    aiohttp_client, own_server, own_settings, base_dir
+):
+    client = await aiohttp_client(create_app(own_settings))
+    pg = Pg(own_server.url)
+    insert_task(pg, "task_a")
+    pg.close()
+    task_dir = make_task_dir(base_dir, "task_a")
+    before = tree_snapshot(base_dir)
+    await asyncio.to_thread(own_server.stop)
+
+    status, body = await delete(client, "task_a")
+    assert status == 503 and body["code"] == 503 and body["success"] is False
+    assert tree_snapshot(base_dir) == before
+    resp = await client.get(URL)
+    assert resp.status == 503 and (await resp.json())["code"] == 503
+
+    await asyncio.to_thread(own_server.start)
+    resp = await client.get(URL)
+    assert resp.status == 200
+    assert (await resp.json())["data"]["tasks"][0]["task_id"] == "task_a"
+    status, body = await delete(client, "task_a")
+    assert body["message"] == "任务目录删除成功"
+    assert not task_dir.exists()
+
+
+# ---------------------------------------------------------------- a file that cannot be removed
+
+
+@pytest.fixture
+def immutable(tmp_path):
+    """chattr +i: even root cannot unlink the file (a real fault, no mock)."""
+
+    def make(path: Path) -> Path:
+        result = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+        if result.returncode:
+            pytest.skip(f"chattr +i not supported here: {result.stderr.decode().strip()}")
+        return path
+
+    yield make
+    # Wherever the file ended up (put back, or left in the trash), free it.
+    subprocess.run(["chattr", "-R", "-i", str(tmp_path)], capture_output=True)
+
+
+async def test_file_that_cannot_be_removed_fails_the_task_consistently(
+    client, task_factory, base_dir, pg, immutable
+):
+    task_dir = task_factory("task_a", files=10)
+    stuck = immutable(task_dir / "vector_bak" / "embedding.csv")
+
+    status, body = await delete(client, "task_a")
+
+    (failed,) = body["data"]["failed_tasks"]
+    assert failed["error_code"] == "PURGE_FAILED"
+    assert any("vector_bak/embedding.csv" in e for e in failed["errors"])
+    assert failed["deleted_files_count"] == 9
+    # What is left is back in place, and the record says the directory exists.
+    assert stuck.exists()
+    assert sorted(p.name for p in task_dir.rglob("*")) == ["embedding.csv", "vector_bak"]
+    assert pg.task("task_a")["directory_exists"] is True
+    assert list((base_dir / ".trash").iterdir()) == []
+
+    subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    status, body = await delete(client, "task_a")
+    assert body["data"]["deleted_tasks"][0]["deleted_files_count"] == 1
+    assert pg.task("task_a")["directory_exists"] is False
+
+
+# ---------------------------------------------------------------- a killed process
+
+PAUSE_PLUGIN = """
+import asyncio, os
+from pathlib import Path
+from service.hookspecs import hookimpl
+
+MARK = Path(os.environ["PAUSE_MARK"])
+STEP = os.environ["PAUSE_STEP"]
+
+
+async def _pause(task):
+    MARK.write_text(task.task_id)
+    await asyncio.sleep(3600)  # until the test kills the process
+
+
+@hookimpl(tryfirst=True)
+async def dptask_update_records(task):
+    if STEP == "record":
+        await _pause(task)
+
+
+@hookimpl(tryfirst=True)
+async def dptask_purge_directory(task, path):
+    if STEP == "purge":
+        await _pause(task)
+"""
+
+
+def start_paused_delete(service_factory, workdir, step: str, task_id: str, body: dict):
+    """A real service that stops at ``step``; a DELETE sent to it; returns when paused."""
+    package = workdir / "pausetest"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "pause.py").write_text(PAUSE_PLUGIN)
+    mark = workdir / "paused"
+    service = service_factory(
+        settings_text='[plugins]\nenabled = ["pausetest.pause"]\n',
+        env={"PYTHONPATH": str(workdir), "PAUSE_MARK": str(mark), "PAUSE_STEP": step},
+    )
+    return service, mark
+
+
+def send_in_background(url: str, body: dict) -> threading.Thread:
+    def send():
+        try:
+            requests.delete(f"{url}{URL}", json=body, timeout=60)
+        except requests.RequestException:
+            pass  # the service is killed under it
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("delete_records", [False, True])
+def test_sigkill_between_detach_and_record_restores_the_task(
+    service_factory, workdir, base_dir, pg, delete_records
+):
+    service, mark = start_paused_delete(service_factory, workdir, "record", "task_a", {})
+    insert_task(pg, "task_a")
+    task_dir = make_task_dir(base_dir, "task_a", files=50)
+    before = tree_snapshot(task_dir)
+    body = {"task_ids": ["task_a"], "confirm": True, "delete_database_records": delete_records}
+    send_in_background(service.url, body)
+    wait_for(mark)
+    assert not task_dir.exists()  # detached into the trash, not yet recorded
+    service.proc.send_signal(signal.SIGKILL)
+    service.proc.wait()
+
+    service_factory()  # restart, without the pausing plugin
+
+    assert tree_snapshot(task_dir) == before
+    assert pg.task("task_a")["directory_exists"] is True
+    assert len(pg.steps("task_a")) == 1
+    assert os.listdir(base_dir / ".trash") == []
+
+
+@pytest.mark.parametrize("delete_records", [False, True])
+def test_sigkill_between_record_and_purge_finishes_the_deletion(
+    service_factory, workdir, base_dir, pg, delete_records
+):
+    service, mark = start_paused_delete(service_factory, workdir, "purge", "task_a", {})
+    insert_task(pg, "task_a")
+    task_dir = make_task_dir(base_dir, "task_a", files=50)
+    body = {"task_ids": ["task_a"], "confirm": True, "delete_database_records": delete_records}
+    send_in_background(service.url, body)
+    wait_for(mark)
+    service.proc.send_signal(signal.SIGKILL)
+    service.proc.wait()
+    assert any((base_dir / ".trash").iterdir())  # the committed tree waits in the trash
+
+    service_factory()
+
+    assert not task_dir.exists()
+    record = pg.task("task_a")
+    assert record is None if delete_records else record["directory_exists"] is False
+    assert os.listdir(base_dir / ".trash") == []
