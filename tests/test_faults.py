@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -209,10 +210,8 @@ def start_paused_delete(service_factory, workdir, step: str, task_id: str, body:
 
 def send_in_background(url: str, body: dict) -> threading.Thread:
     def send():
-        try:
+        with contextlib.suppress(requests.RequestException):  # killed under it
             requests.delete(f"{url}{URL}", json=body, timeout=60)
-        except requests.RequestException:
-            pass  # the service is killed under it
 
     thread = threading.Thread(target=send, daemon=True)
     thread.start()
