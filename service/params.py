@@ -67,8 +67,8 @@ def _int_param(
         raise BadRequest(f"{name} 必须是整数", invalid_params=[name])
     value = int(raw)
     if value < low or (high is not None and value > high):
-        bounds = f"{low} 到 {high} 之间" if high is not None else f"不小于 {low}"
-        raise BadRequest(f"{name} 必须在 {bounds}", invalid_params=[name])
+        bounds = f"在 {low} 到 {high} 之间" if high is not None else f"不小于 {low}"
+        raise BadRequest(f"{name} 必须{bounds}", invalid_params=[name])
     return value
 
 
