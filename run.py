@@ -2,6 +2,7 @@
 
 python run.py [--config PATH] [--host HOST] [--port PORT]   serve the API
 python run.py demo [--count N]                              create sample tasks
+python run.py restore ARCHIVE                               put an archived task back
 """
 
 from __future__ import annotations
@@ -9,13 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
-from service.app import create_app
-from service.db import Database
+from service.app import create_app, open_database
 from service.demo import create_demo_tasks
-from service.embedded import start_embedded
 from service.logs import configure_logging
 from service.settings import Settings, SettingsError, load_settings
 
@@ -28,15 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     demo = commands.add_parser("demo", help="create sample tasks: records, steps, directories")
     demo.add_argument("--count", type=int, default=10, help="how many (default 10)")
+    restore = commands.add_parser("restore", help="put a task archived by plugins/archive back")
+    restore.add_argument("archive", type=Path, help="the archive file")
     args = parser.parse_args(argv)
 
     try:
-        settings = load_settings(
-            args.config, overrides={"server": {"host": args.host, "port": args.port}}
-        )
+        overrides = {"server": {"host": args.host, "port": args.port}}
+        settings = load_settings(args.config, overrides=overrides)
         configure_logging()
         if args.command == "demo":
             return asyncio.run(_demo(settings, args.count))
+        if args.command == "restore":
+            return asyncio.run(_restore(settings, args.archive))
         web.run_app(
             create_app(settings),
             host=settings.host,
@@ -51,21 +54,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _demo(settings: Settings, count: int) -> int:
-    url, stop = settings.database_url, None
-    if not url:
-        url, stop = await asyncio.to_thread(start_embedded, settings.var_dir / "pgdata")
-    db = await Database.connect(url)
-    try:
-        await db.ensure_schema()
+    async with open_database(settings) as db:
         task_ids = await create_demo_tasks(settings, db, count)
-    finally:
-        await db.close()
-        if stop:
-            await asyncio.to_thread(stop)
     print(f"created {len(task_ids)} demo tasks under {settings.base_dir}:")
     for task_id in task_ids:
         print(f"  {task_id}")
     return 0
+
+
+async def _restore(settings: Settings, archive: Path) -> int:
+    from plugins.archive import ArchiveError, restore
+
+    try:
+        async with open_database(settings) as db:
+            print(await restore(settings, db, archive))
+        return 0
+    except ArchiveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ URL is configured), the schema, the audit file, and the start-up trash sweep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -26,6 +27,25 @@ API = "/api/v0/data_pipeline"
 MAX_BODY_BYTES = 1024 * 1024
 
 
+@contextlib.asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[Database]:
+    """The configured database, or the embedded one when no URL is set; with
+    the schema in place. Used by the service and by the operator commands."""
+    url, stop = settings.database_url, None
+    if not url:
+        url, stop = await asyncio.to_thread(start_embedded, settings.var_dir / "pgdata")
+    try:
+        db = await Database.connect(url)
+        try:
+            await db.ensure_schema()
+            yield db
+        finally:
+            await db.close()
+    finally:
+        if stop:
+            await asyncio.to_thread(stop)
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[request_context_middleware, error_middleware],
@@ -36,21 +56,10 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.PLUGINS] = create_plugin_manager(settings, audit_log)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
-        url, stop = settings.database_url, None
-        if not url:
-            url, stop = await asyncio.to_thread(start_embedded, settings.var_dir / "pgdata")
-        try:
-            db = await Database.connect(url)
-            try:
-                await db.ensure_schema()
-                app[keys.DB] = db
-                app[keys.DELETER] = Deleter(settings, db, app[keys.PLUGINS])
-                yield
-            finally:
-                await db.close()
-        finally:
-            if stop:
-                await asyncio.to_thread(stop)
+        async with open_database(settings) as db:
+            app[keys.DB] = db
+            app[keys.DELETER] = Deleter(settings, db, app[keys.PLUGINS])
+            yield
 
     async def audit(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(audit_log.open)
@@ -66,4 +75,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get(f"{API}/tasks", handlers.list_tasks)
     app.router.add_delete(f"{API}/tasks", handlers.delete_tasks)
     app.router.add_get(f"{API}/tasks/{{task_id}}", handlers.get_task)
+    app.router.add_get(f"{API}/plugins", handlers.list_plugins)
     return app

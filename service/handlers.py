@@ -11,6 +11,7 @@ from service import keys, params
 from service.errors import BadRequest, NotFound, envelope
 from service.formatting import jsonable
 from service.pipeline import BatchContext, id_problem
+from service.plugin_manager import describe
 
 
 def _task(row: dict[str, Any]) -> dict[str, Any]:
@@ -48,6 +49,10 @@ async def get_task(request: web.Request) -> web.Response:
     if row is None:
         raise NotFound(f"任务不存在: {task_id}")
     return envelope(200, "获取任务详情成功", _task(row))
+
+
+async def list_plugins(request: web.Request) -> web.Response:
+    return envelope(200, "获取插件列表成功", describe(request.app[keys.PLUGINS]))
 
 
 async def delete_tasks(request: web.Request) -> web.Response:

@@ -1,16 +1,30 @@
-"""One plugin manager per application (never a module global): built-ins
-registered first, then the plugins that ``[plugins] enabled`` names."""
+"""One plugin manager per application (never a module global).
+
+Order of registration: the built-ins first, then the plugins that
+``[plugins] enabled`` names, then installed packages' entry points (group
+``ENTRY_POINT_GROUP``) unless ``[plugins] entry_points = false``.
+
+A plugin is a module. It may declare ``OPTIONS``, a dict of its settings
+with their defaults (the defaults' types are enforced), read from the table
+``[plugins.<name>]``; and ``create_plugin(options, settings)``, which returns
+the object to register. Without ``create_plugin`` the module itself is
+registered. Every problem stops start-up with one ``SettingsError`` line.
+"""
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from types import ModuleType
+from typing import Any
 
 import pluggy
 
 from service import hookspecs
 from service.builtin import audit, checks, directory, records
-from service.settings import Settings, SettingsError
+from service.settings import Settings, SettingsError, plugin_options
+
+ENTRY_POINT_GROUP = "dptask.plugins"
 
 
 def create_plugin_manager(settings: Settings, audit_log: audit.AuditLog) -> pluggy.PluginManager:
@@ -19,9 +33,21 @@ def create_plugin_manager(settings: Settings, audit_log: audit.AuditLog) -> plug
     for module in (checks, directory, records):
         pm.register(module, name=f"builtin.{module.__name__.rsplit('.', 1)[-1]}")
     pm.register(audit_log, name="builtin.audit")
-    for name in settings.plugins_enabled:
-        pm.register(_import_plugin(name), name=name)
-    pm.check_pending()  # an implementation of a hook that does not exist is a typo
+
+    modules = [(name, _import_plugin(name)) for name in settings.plugins_enabled]
+    if settings.plugins_entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name not in settings.plugins_enabled:
+                modules.append((ep.name, ep.load()))
+    for name, module in modules:
+        _register(pm, name, module, settings)
+
+    if stray := set(settings.plugin_options) - {name for name, _ in modules}:
+        raise SettingsError(f"settings: [plugins.{min(stray)}] configures a plugin not loaded")
+    try:
+        pm.check_pending()  # an implementation of a hook that does not exist is a typo
+    except pluggy.PluginValidationError as e:
+        raise SettingsError(f"settings: plugin {e.plugin!r}: {e}") from None
     return pm
 
 
@@ -34,3 +60,39 @@ def _import_plugin(name: str) -> ModuleType:
         if e.name and module_name.startswith(e.name):
             raise SettingsError(f"settings: plugins.enabled: no plugin named {name!r}") from None
         raise
+
+
+def _register(pm: pluggy.PluginManager, name: str, module: Any, settings: Settings) -> None:
+    table = settings.plugin_options.get(name, {})
+    options = plugin_options(name, table, getattr(module, "OPTIONS", {}))
+    create = getattr(module, "create_plugin", None)
+    plugin = create(options, settings) if create else module
+    try:
+        pm.register(plugin, name=name)
+    except (ValueError, pluggy.PluginValidationError) as e:
+        raise SettingsError(f"settings: plugin {name!r} cannot be registered: {e}") from None
+    for impl in pm.get_hookcallers(plugin) or []:
+        for hookimpl in impl.get_hookimpls():
+            if hookimpl.plugin is plugin and (hookimpl.hookwrapper or hookimpl.wrapper):
+                raise SettingsError(f"settings: plugin {name!r}: hook wrappers are not supported")
+
+
+def describe(pm: pluggy.PluginManager) -> dict[str, Any]:
+    """``plugins``: the loaded plugins in registration order, each with the
+    hooks it implements and its ``position`` in each hook's call order;
+    ``hooks``: for each hook, the plugins in the order they are called."""
+    order = {
+        caller.name: [i.plugin_name for i in reversed(caller.get_hookimpls())]
+        for caller in pm.hook.__dict__.values()
+        if isinstance(caller, pluggy.HookCaller) and caller.get_hookimpls()
+    }
+    plugins = []
+    for name, plugin in pm.list_name_plugin():
+        hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
+        plugins.append(
+            {
+                "name": name,
+                "hooks": [{"hook": h, "position": order[h].index(name) + 1} for h in hooks],
+            }
+        )
+    return {"plugins": plugins, "hooks": order}

@@ -24,10 +24,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "database": {"url": ""},
     "audit": {"path": "var/audit.log"},
     "limits": {"max_task_ids": 1000},
-    "plugins": {"enabled": []},
+    "plugins": {"enabled": [], "entry_points": True},
 }
 
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", str: "a string", list: "a list"}
+_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+}
 
 
 class SettingsError(Exception):
@@ -46,6 +52,7 @@ class Settings:
     audit_path: Path
     max_task_ids: int
     plugins_enabled: tuple[str, ...]
+    plugins_entry_points: bool
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -64,7 +71,8 @@ def load_settings(
     environ: dict[str, str] | None = None,
 ) -> Settings:
     """Read ``path`` (default ``./settings.toml``; a missing default file means
-    all defaults), apply ``overrides`` (command-line flags) and ``DATABASE_URL``."""
+    all defaults), apply ``overrides`` (command-line flags), then the
+    environment: ``DATABASE_URL`` and ``DPTASK_DISABLE_PLUGIN_AUTOLOAD``."""
     environ = os.environ if environ is None else environ
     if path is None:
         file = Path.cwd() / "settings.toml"
@@ -78,6 +86,8 @@ def load_settings(
         values[section].update({k: v for k, v in keys.items() if v is not None})
     if environ.get("DATABASE_URL"):
         values["database"]["url"] = environ["DATABASE_URL"]
+    if environ.get("DPTASK_DISABLE_PLUGIN_AUTOLOAD"):  # as pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD
+        values["plugins"]["entry_points"] = False
     return _build(root, values, raw.get("plugins", {}))
 
 
@@ -108,9 +118,21 @@ def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return values
 
 
+def plugin_options(name: str, table: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Validate a plugin's ``[plugins.<name>]`` table against its ``OPTIONS`` defaults."""
+    options = dict(defaults)
+    for key, value in table.items():
+        if key not in defaults:
+            raise SettingsError(f"settings: unknown key plugins.{name}.{key}")
+        _check_type(f"plugins.{name}.{key}", value, type(defaults[key]))
+        options[key] = float(value) if isinstance(defaults[key], float) else value
+    return options
+
+
 def _check_type(name: str, value: Any, expected: type) -> None:
     # bool is a subclass of int: a port of `true` must not pass as 1.
-    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    allowed = (int, float) if expected is float else expected
+    ok = isinstance(value, allowed) and not (expected is not bool and isinstance(value, bool))
     if expected is list and ok:
         ok = all(isinstance(item, str) for item in value)
         if not ok:
@@ -143,6 +165,7 @@ def _build(root: Path, v: dict[str, dict[str, Any]], plugins_raw: dict[str, Any]
         audit_path=_resolve(root, v["audit"]["path"]),
         max_task_ids=max_ids,
         plugins_enabled=tuple(v["plugins"]["enabled"]),
+        plugins_entry_points=v["plugins"]["entry_points"],
         plugin_options={k: t for k, t in plugins_raw.items() if isinstance(t, dict)},
     )
 

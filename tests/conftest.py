@@ -32,6 +32,8 @@ from service.embedded import start_embedded
 from service.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+# Installed packages' plugins stay out of the tests (in-process and subprocesses).
+os.environ["DPTASK_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 
 
 # ---------------------------------------------------------------- database
@@ -145,7 +147,7 @@ def settings_text() -> str:
 @pytest.fixture
 def settings(workdir: Path, base_dir: Path, database_url: str, settings_text: str, pg: Pg):
     path = write_settings(workdir, settings_text)
-    return load_settings(path, environ={"DATABASE_URL": database_url})
+    return load_settings(path, environ={**os.environ, "DATABASE_URL": database_url})
 
 
 @pytest.fixture

@@ -1,0 +1,214 @@
+"""plugins/archive.py: archive before delete, verified, and restored byte for byte."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, insert_task, make_task_dir, tree_snapshot
+
+URL = "/api/v0/data_pipeline/tasks"
+ARCHIVE_SETTINGS = """
+[plugins]
+enabled = ["archive"]
+[plugins.archive]
+dir = "archives"
+min_free_bytes = 0
+"""
+
+
+async def delete(client, *task_ids, **options):
+    body = {"task_ids": list(task_ids), "confirm": True, **options}
+    resp = await client.request("DELETE", URL, json=body)
+    return await resp.json()
+
+
+def rich_task(base_dir: Path, workdir: Path, task_id: str) -> Path:
+    """A task tree with nesting, binary data, an empty dir and links out of it."""
+    task_dir = make_task_dir(base_dir, task_id, files=12, size=3000)
+    (task_dir / "file_bak_20250702").mkdir()
+    (task_dir / "file_bak_20250702" / "qs_old_pair.json").write_bytes(os.urandom(70_000))
+    (task_dir / "empty").mkdir()
+    outside = workdir / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "secret.txt").write_text("not part of the task")
+    (task_dir / "link_out").symlink_to(outside / "secret.txt")
+    (task_dir / "link_in").symlink_to("task_config.json")
+    return task_dir
+
+
+def leftovers(directory: Path) -> list[str]:
+    return (
+        [p.name for p in directory.iterdir() if "partial" in p.name] if directory.exists() else []
+    )
+
+
+def run_restore(workdir: Path, database_url: str, archive: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "--config", str(workdir / "settings.toml"),
+         "restore", archive],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])
+async def test_archive_then_restore_is_byte_identical(
+    client, schema, base_dir, workdir, database_url
+):
+    insert_task(schema, "task_arch")
+    task_dir = rich_task(base_dir, workdir, "task_arch")
+    before = tree_snapshot(task_dir)
+
+    body = await delete(client, "task_arch")
+
+    (task,) = body["data"]["deleted_tasks"]
+    archive = Path(task["archive_path"])
+    assert archive.parent == workdir / "archives" and archive.name.startswith("task_arch-")
+    assert archive.name.endswith(".tar.gz")
+    assert task["archive_bytes"] == archive.stat().st_size > 0
+    assert not task_dir.exists()
+    assert leftovers(archive.parent) == []
+    with tarfile.open(archive) as tar:
+        link = tar.getmember("task_arch/link_out")
+        assert link.issym() and link.linkname == str(workdir / "outside" / "secret.txt")
+        assert all("secret" not in m.name for m in tar.getmembers())
+
+    result = run_restore(workdir, database_url, str(archive))
+    assert result.returncode == 0, result.stderr
+    assert tree_snapshot(task_dir) == before
+    assert schema.task("task_arch")["directory_exists"] is True
+    assert (workdir / "outside" / "secret.txt").read_text() == "not part of the task"
+
+
+@pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])
+async def test_restore_refuses_to_overwrite(client, task_factory, base_dir, workdir, database_url):
+    task_factory("task_arch")
+    body = await delete(client, "task_arch")
+    archive = body["data"]["deleted_tasks"][0]["archive_path"]
+    make_task_dir(base_dir, "task_arch", files=3)
+    before = tree_snapshot(base_dir / "task_arch")
+
+    result = run_restore(workdir, database_url, archive)
+
+    assert result.returncode != 0 and "拒绝覆盖" in result.stderr
+    assert tree_snapshot(base_dir / "task_arch") == before
+
+
+def evil_archive(path: Path, names: list[str]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+    return path
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["task_evil/ok.txt", "task_evil/../escaped.txt"],
+        ["task_evil/ok.txt", "other_task/x.txt"],
+        ["task_evil/ok.txt", "/tmp/absolute.txt"],
+    ],
+)
+def test_restore_refuses_members_outside_the_task(settings, base_dir, workdir, database_url, names):
+    archive = evil_archive(workdir / "evil.tar.gz", names)
+    result = run_restore(workdir, database_url, str(archive))
+    assert result.returncode != 0 and "拒绝恢复" in result.stderr
+    assert not (base_dir / "task_evil").exists()
+    assert not (base_dir / "escaped.txt").exists() and not (base_dir / "other_task").exists()
+    assert [p.name for p in base_dir.iterdir()] == []  # no half-restored holder left
+
+
+def test_restore_refuses_a_member_written_through_a_symlink(
+    settings, base_dir, workdir, database_url
+):
+    archive = workdir / "through.tar"
+    with tarfile.open(archive, "w") as tar:
+        link = tarfile.TarInfo("task_evil/out")
+        link.type, link.linkname = tarfile.SYMTYPE, str(workdir)
+        tar.addfile(link)
+        info = tarfile.TarInfo("task_evil/out/planted.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    result = run_restore(workdir, database_url, str(archive))
+    assert result.returncode != 0
+    assert not (workdir / "planted.txt").exists()
+
+
+@pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])
+async def test_dry_run_names_the_archive_and_writes_nothing(client, task_factory, workdir):
+    task_factory("task_arch")
+    body = await delete(client, "task_arch", dry_run=True)
+    (task,) = body["data"]["deleted_tasks"]
+    assert Path(task["archive_path"]).parent == workdir / "archives"
+    assert not (workdir / "archives").exists() or list((workdir / "archives").iterdir()) == []
+
+
+# ---------------------------------------------------------------- a disk that cannot take it
+
+
+@pytest.fixture
+def small_disk(workdir):
+    """A real 64 KiB file system for the archives: it fills up."""
+    mount = workdir / "archives"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])
+async def test_archive_disk_full_keeps_the_task(client, schema, base_dir, small_disk):
+    insert_task(schema, "task_big")
+    task_dir = make_task_dir(base_dir, "task_big", files=3)
+    (task_dir / "noise.bin").write_bytes(os.urandom(300_000))  # does not compress
+    before = tree_snapshot(task_dir)
+
+    body = await delete(client, "task_big")
+
+    (failed,) = body["data"]["failed_tasks"]
+    assert failed["error_code"] == "ARCHIVE_FAILED"
+    assert tree_snapshot(task_dir) == before
+    assert schema.task("task_big")["directory_exists"] is True
+    assert list(small_disk.iterdir()) == []  # no partial archive
+
+
+@pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])
+async def test_archive_dir_not_writable_keeps_the_task(client, task_factory, workdir, schema):
+    archives = workdir / "archives"
+    archives.mkdir()
+    subprocess.run(["chattr", "+i", str(archives)], check=True)  # even root cannot write
+    try:
+        task_dir = task_factory("task_a")
+        before = tree_snapshot(task_dir)
+        body = await delete(client, "task_a")
+    finally:
+        subprocess.run(["chattr", "-i", str(archives)], check=True)
+    assert body["data"]["failed_tasks"][0]["error_code"] == "ARCHIVE_FAILED"
+    assert tree_snapshot(task_dir) == before
+    assert schema.task("task_a")["directory_exists"] is True
+    assert list(archives.iterdir()) == []
+
+
+MIN_FREE_SETTINGS = ARCHIVE_SETTINGS.replace(
+    "min_free_bytes = 0", "min_free_bytes = 1000000000000000"
+)
+
+
+@pytest.mark.parametrize("settings_text", [MIN_FREE_SETTINGS])
+async def test_min_free_bytes_refuses_before_writing(client, task_factory, workdir):
+    task_dir = task_factory("task_a")
+    body = await delete(client, "task_a")
+    failed = body["data"]["failed_tasks"][0]
+    assert failed["error_code"] == "ARCHIVE_FAILED" and "min_free_bytes" in failed["error"]
+    assert task_dir.is_dir()
+    assert leftovers(workdir / "archives") == []
