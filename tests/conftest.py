@@ -8,6 +8,7 @@ the data of the database the URL names. Each test starts from empty tables.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -292,3 +294,20 @@ def service_factory(workdir: Path, base_dir: Path, database_url: str, pg: Pg):
     yield start
     for service in started:
         service.stop()
+
+
+def send_in_background(url: str, body: dict) -> threading.Thread:
+    def send():
+        with contextlib.suppress(requests.RequestException):  # killed under it
+            requests.delete(f"{url}/api/v0/data_pipeline/tasks", json=body, timeout=120)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from service import keys
 from service.app import create_app
 from service.embedded import start_embedded
 from service.hookspecs import hookimpl
 from service.settings import load_settings
-from tests.conftest import Pg, insert_task, make_task_dir, tree_snapshot, write_settings
+from tests.conftest import (
+    Pg,
+    insert_task,
+    make_task_dir,
+    send_in_background,
+    tree_snapshot,
+    wait_for,
+    write_settings,
+)
 
 URL = "/api/v0/data_pipeline/tasks"
 
@@ -206,23 +210,6 @@ def start_paused_delete(service_factory, workdir, step: str, task_id: str, body:
         env={"PYTHONPATH": str(workdir), "PAUSE_MARK": str(mark), "PAUSE_STEP": step},
     )
     return service, mark
-
-
-def send_in_background(url: str, body: dict) -> threading.Thread:
-    def send():
-        with contextlib.suppress(requests.RequestException):  # killed under it
-            requests.delete(f"{url}{URL}", json=body, timeout=60)
-
-    thread = threading.Thread(target=send, daemon=True)
-    thread.start()
-    return thread
-
-
-def wait_for(path: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("delete_records", [False, True])
