@@ -3,6 +3,7 @@
 python run.py [--config PATH] [--host HOST] [--port PORT]   serve the API
 python run.py demo [--count N]                              create sample tasks
 python run.py restore ARCHIVE                               put an archived task back
+python run.py reconcile [--fix]                             records vs. disk, and the trash
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from aiohttp import web
 from service.app import create_app, open_database
 from service.demo import create_demo_tasks
 from service.logs import configure_logging
+from service.reconcile import reconcile
 from service.settings import Settings, SettingsError, load_settings
 
 
@@ -30,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--count", type=int, default=10, help="how many (default 10)")
     restore = commands.add_parser("restore", help="put a task archived by plugins/archive back")
     restore.add_argument("archive", type=Path, help="the archive file")
+    reconcile = commands.add_parser(
+        "reconcile", help="report where records and directories disagree; exit 1 if they do"
+    )
+    reconcile.add_argument(
+        "--fix", action="store_true", help="set directory_exists to the truth and sweep the trash"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -40,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_demo(settings, args.count))
         if args.command == "restore":
             return asyncio.run(_restore(settings, args.archive))
+        if args.command == "reconcile":
+            return asyncio.run(_reconcile(settings, args.fix))
         web.run_app(
             create_app(settings),
             host=settings.host,
@@ -72,6 +82,13 @@ async def _restore(settings: Settings, archive: Path) -> int:
     except ArchiveError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+async def _reconcile(settings: Settings, fix: bool) -> int:
+    async with open_database(settings) as db:
+        found = await reconcile(settings, db, fix=fix)
+    print("\n".join(found.lines()))
+    return 0 if found.consistent else 1
 
 
 if __name__ == "__main__":

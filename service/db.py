@@ -137,6 +137,13 @@ class Database:
         )
         return task
 
+    async def directory_flags(self) -> dict[str, bool]:
+        """Every task's recorded ``directory_exists`` (NULL reads as the default, true)."""
+        rows = await self._rows(
+            "SELECT task_id, COALESCE(directory_exists, true) AS e FROM data_pipeline_tasks"
+        )
+        return {row["task_id"]: row["e"] for row in rows}
+
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
         """Run one statement outside a task transaction (demo data, restore)."""
         async with self._cursor() as cur:

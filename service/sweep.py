@@ -29,22 +29,25 @@ class SweepReport:
     left: list[str] = field(default_factory=list)  # locked elsewhere, or in conflict
 
 
-def trash_entries(trash_dir: Path) -> list[Path]:
-    """Detached trees (``<trash>/<token>/<task_id>``); empty token dirs are removed."""
+def trash_entries(trash_dir: Path, *, tidy: bool = False) -> list[Path]:
+    """Detached trees (``<trash>/<token>/<task_id>``). With ``tidy``, empty
+    token directories (a crash between creating one and the rename) go."""
     entries = []
     if not trash_dir.is_dir():
         return entries
     for holder in sorted(trash_dir.iterdir()):
-        inner = sorted(holder.iterdir()) if holder.is_dir() and not holder.is_symlink() else []
-        if not inner and holder.is_dir():
-            os.rmdir(holder)  # a crash between creating the holder and the rename
+        if not holder.is_dir() or holder.is_symlink():
+            continue
+        inner = sorted(holder.iterdir())
+        if not inner and tidy:
+            os.rmdir(holder)
         entries.extend(inner)
     return entries
 
 
 async def sweep_trash(settings: Settings, db: Database) -> SweepReport:
     report = SweepReport()
-    for detached in await asyncio.to_thread(trash_entries, settings.trash_dir):
+    for detached in await asyncio.to_thread(trash_entries, settings.trash_dir, tidy=True):
         task_id, path = detached.name, settings.base_dir / detached.name
         try:
             async with db.task_transaction(task_id) as tx:

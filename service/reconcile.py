@@ -1,0 +1,104 @@
+"""``python run.py reconcile [--fix]``: where the disk and the records disagree.
+
+Reports records that say a directory exists when it does not (and the
+reverse), directories under ``base_dir`` that no record names, and trash left
+behind. ``--fix`` sets each record's ``directory_exists`` to the truth (under
+the task's lock, checking the disk again there) and sweeps the trash. Nothing
+is ever deleted but trash: an unrecorded directory is only reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from service.db import Database, TaskLocked
+from service.settings import Settings
+from service.sweep import sweep_trash, trash_entries
+
+
+@dataclass
+class Reconciliation:
+    missing_directories: list[str] = field(default_factory=list)  # recorded, not on disk
+    unflagged_directories: list[str] = field(default_factory=list)  # on disk, recorded as gone
+    unrecorded_directories: list[str] = field(default_factory=list)  # on disk, no record
+    trash: list[str] = field(default_factory=list)
+    fixed: list[str] = field(default_factory=list)
+    locked: list[str] = field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        return not (
+            self.missing_directories
+            or self.unflagged_directories
+            or self.unrecorded_directories
+            or self.trash
+        )
+
+    def lines(self) -> list[str]:
+        sections = [
+            ("records whose directory is missing", self.missing_directories),
+            ("directories recorded as deleted", self.unflagged_directories),
+            ("directories with no record (left alone)", self.unrecorded_directories),
+            ("trash left behind", self.trash),
+            ("fixed", self.fixed),
+            ("locked by a deletion in progress, not fixed", self.locked),
+        ]
+        out = [f"{title}: {len(ids)}" + "".join(f"\n  {i}" for i in ids) for title, ids in sections]
+        return [*out, "consistent" if self.consistent else "inconsistent"]
+
+
+def task_directories(settings: Settings) -> set[str]:
+    """Names under ``base_dir`` that could be tasks: not hidden, not protected."""
+    if not settings.base_dir.is_dir():
+        return set()
+    return {
+        entry.name
+        for entry in os.scandir(settings.base_dir)
+        if not entry.name.startswith(".") and entry.name not in settings.protected
+    }
+
+
+async def reconcile(settings: Settings, db: Database, *, fix: bool) -> Reconciliation:
+    flags = await db.directory_flags()
+    on_disk = await asyncio.to_thread(task_directories, settings)
+    trash = await asyncio.to_thread(trash_entries, settings.trash_dir)
+    found = Reconciliation(
+        missing_directories=sorted(t for t, exists in flags.items() if exists and t not in on_disk),
+        unflagged_directories=sorted(
+            t for t, exists in flags.items() if not exists and t in on_disk
+        ),
+        unrecorded_directories=sorted(on_disk - flags.keys()),
+        trash=[str(p.relative_to(settings.base_dir)) for p in trash],
+    )
+    if not fix:
+        return found
+    for task_id in found.missing_directories + found.unflagged_directories:
+        if await _fix_flag(settings, db, task_id):
+            found.fixed.append(task_id)
+        else:
+            found.locked.append(task_id)
+    report = await sweep_trash(settings, db)
+    found.fixed += [f"trash: {t} restored" for t in report.restored]
+    found.fixed += [f"trash: {t} purged" for t in report.purged]
+    found.locked += report.left
+    fixed_ids = set(found.fixed)
+    found.missing_directories = [t for t in found.missing_directories if t not in fixed_ids]
+    found.unflagged_directories = [t for t in found.unflagged_directories if t not in fixed_ids]
+    left = await asyncio.to_thread(trash_entries, settings.trash_dir)
+    found.trash = [str(p.relative_to(settings.base_dir)) for p in left]
+    return found
+
+
+async def _fix_flag(settings: Settings, db: Database, task_id: str) -> bool:
+    try:
+        async with db.task_transaction(task_id) as tx:
+            path: Path = settings.base_dir / task_id
+            exists = await asyncio.to_thread(os.path.lexists, path)
+            await tx.set_directory_exists(exists, datetime.now())
+        return True
+    except TaskLocked:
+        return False
