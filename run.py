@@ -19,7 +19,7 @@ from service.app import create_app, open_database
 from service.demo import create_demo_tasks
 from service.logs import configure_logging
 from service.reconcile import reconcile
-from service.settings import Settings, SettingsError, load_settings
+from service.settings import Settings, SettingsError, check_exposure, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_restore(settings, args.archive))
         if args.command == "reconcile":
             return asyncio.run(_reconcile(settings, args.fix))
+        check_exposure(settings)
         web.run_app(
             create_app(settings),
             host=settings.host,

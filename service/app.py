@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from service import handlers, keys
+from service.auth import auth_middleware
 from service.builtin.audit import AuditLog
 from service.db import Database
 from service.embedded import start_embedded
@@ -48,7 +49,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_context_middleware, error_middleware],
+        middlewares=[request_context_middleware, error_middleware, auth_middleware],
         client_max_size=MAX_BODY_BYTES,
     )
     audit_log = AuditLog(settings.audit_path)

@@ -69,6 +69,16 @@ class MissingParams(BadRequest):
         super().__init__(f"缺少必需参数: {', '.join(names)}", missing_params=names)
 
 
+class Unauthorized(ApiError):
+    status = 401
+    default_message = "需要有效的访问令牌（Authorization: Bearer <token>）"
+
+
+class Forbidden(ApiError):
+    status = 403
+    default_message = "访问令牌权限不足"
+
+
 class NotFound(ApiError):
     status = 404
     default_message = "资源不存在"
@@ -103,7 +113,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     try:
         return await handler(request)
     except ApiError as e:
-        return envelope(e.status, e.message, **e.fields)
+        response = envelope(e.status, e.message, **e.fields)
+        if e.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
     except DatabaseUnavailable:
         log.warning("database_unavailable", path=request.path)
         return envelope(ServiceUnavailable.status, ServiceUnavailable.default_message)

@@ -66,6 +66,7 @@ async def delete_tasks(request: web.Request) -> web.Response:
         options=options,
         request_id=request[keys.REQUEST_ID],
         client=request.remote,
+        actor=request[keys.ACTOR],
     )
     data = await request.app[keys.DELETER].delete_batch(batch)
     summary = data["summary"]

@@ -14,3 +14,4 @@ DB = web.AppKey("db", Database)
 PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
 DELETER = web.AppKey("deleter", Deleter)
 REQUEST_ID = web.RequestKey("request_id", str)
+ACTOR = web.RequestKey("actor", str)  # the token's name, or "anonymous"

@@ -56,6 +56,7 @@ class BatchContext:
     options: DeleteOptions
     request_id: str
     client: str | None
+    actor: str = "anonymous"
 
 
 @dataclass
@@ -66,6 +67,7 @@ class TaskContext:
     settings: Settings
     request_id: str
     client: str | None
+    actor: str = "anonymous"
     transaction: TaskTransaction | None = None
     directory_exists: bool = False
     now: datetime = field(default_factory=datetime.now)
@@ -148,6 +150,7 @@ class Deleter:
             settings=self.settings,
             request_id=batch.request_id,
             client=batch.client,
+            actor=batch.actor,
         )
         try:
             if problem := id_problem(task_id, self.settings):

@@ -7,6 +7,7 @@ service behaves the same whatever the working directory is.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -25,7 +26,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "audit": {"path": "var/audit.log"},
     "limits": {"max_task_ids": 1000},
     "plugins": {"enabled": [], "entry_points": True},
+    "auth": {"tokens": [], "allow_anonymous": False},
 }
+SCOPES = ("read", "delete")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 _TYPE_NAMES = {
     bool: "a boolean",
@@ -38,6 +42,13 @@ _TYPE_NAMES = {
 
 class SettingsError(Exception):
     """A settings problem, said in one line that names the key."""
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    sha256: str  # hex digest of the token; the token itself is never stored
+    scopes: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,8 @@ class Settings:
     plugins_enabled: tuple[str, ...]
     plugins_entry_points: bool
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tokens: tuple[Token, ...] = ()
+    allow_anonymous: bool = False
 
     @property
     def var_dir(self) -> Path:
@@ -113,9 +126,50 @@ def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 continue  # [plugins.<name>]: each plugin validates its own table
             if key not in DEFAULTS[section]:
                 raise SettingsError(f"settings: unknown key {section}.{key}")
+            if (section, key) == ("auth", "tokens"):
+                values[section][key] = _tokens(value)
+                continue
             _check_type(f"{section}.{key}", value, type(DEFAULTS[section][key]))
             values[section][key] = value
     return values
+
+
+def _tokens(value: Any) -> tuple[Token, ...]:
+    if not isinstance(value, list):
+        raise SettingsError("settings: auth.tokens must be a list of tables")
+    tokens = []
+    for i, table in enumerate(value):
+        where = f"auth.tokens[{i}]"
+        if not isinstance(table, dict) or set(table) != {"name", "token_sha256", "scopes"}:
+            raise SettingsError(f"settings: {where} must have exactly name, token_sha256, scopes")
+        _check_type(f"{where}.name", table["name"], str)
+        _check_type(f"{where}.scopes", table["scopes"], list)
+        digest = table["token_sha256"]
+        if not isinstance(digest, str) or not _SHA256_HEX.match(digest):
+            raise SettingsError(f"settings: {where}.token_sha256 must be 64 lowercase hex digits")
+        if bad := set(table["scopes"]) - set(SCOPES):
+            raise SettingsError(f"settings: {where}.scopes: unknown scope {min(bad)!r}")
+        tokens.append(Token(table["name"], digest, frozenset(table["scopes"])))
+    return tuple(tokens)
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve anonymously on a non-loopback address unless allowed."""
+    if settings.tokens or settings.allow_anonymous or _is_loopback(settings.host):
+        return
+    raise SettingsError(
+        f"settings: refusing to serve on {settings.host} with no [auth] tokens;"
+        " configure auth.tokens, or set auth.allow_anonymous = true"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def plugin_options(name: str, table: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -167,6 +221,8 @@ def _build(root: Path, v: dict[str, dict[str, Any]], plugins_raw: dict[str, Any]
         plugins_enabled=tuple(v["plugins"]["enabled"]),
         plugins_entry_points=v["plugins"]["entry_points"],
         plugin_options={k: t for k, t in plugins_raw.items() if isinstance(t, dict)},
+        tokens=v["auth"]["tokens"],
+        allow_anonymous=v["auth"]["allow_anonymous"],
     )
 
 
