@@ -77,4 +77,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_delete(f"{API}/tasks", handlers.delete_tasks)
     app.router.add_get(f"{API}/tasks/{{task_id}}", handlers.get_task)
     app.router.add_get(f"{API}/plugins", handlers.list_plugins)
+    app.router.add_get("/api/v0/openapi.json", handlers.openapi_document)
     return app

@@ -123,7 +123,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return envelope(e.status, _HTTP_MESSAGES.get(e.status, e.reason))
+        response = envelope(e.status, _HTTP_MESSAGES.get(e.status, e.reason))
+        if "Allow" in e.headers:  # a 405 must say what is allowed (RFC 9110)
+            response.headers["Allow"] = e.headers["Allow"]
+        return response
     except Exception:
         log.exception("unhandled_error", path=request.path, method=request.method)
         return envelope(500, _FAULT_MESSAGES.get(request.method, _DEFAULT_FAULT))

@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import stat
 import uuid
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# Large directories are split so that several threads stat and unlink in them.
-_CHUNK = 2048
-_WORKERS = 8
+# Unlinking a file mostly waits (on freeing and discarding its blocks, on reading
+# its inode), not on the CPU: more threads than cores keep the disk busy.
+_WORKERS = 16
+# Names handed to a thread at a time: enough to make a job worth its overhead,
+# few enough that the threads share a large directory evenly.
+_CHUNK = 256
 _MAX_ERRORS_KEPT = 20
 
 
@@ -73,7 +78,11 @@ def detach(path: Path, trash_dir: Path) -> Path:
     holder = trash_dir / uuid.uuid4().hex
     holder.mkdir(mode=0o700)
     target = holder / path.name
-    os.rename(path, target)
+    try:
+        os.rename(path, target)
+    except OSError:
+        os.rmdir(holder)
+        raise
     _fsync_dir(path.parent)
     _fsync_dir(holder)
     return target
@@ -118,71 +127,117 @@ def walk_tree(root: Path, *, remove: bool) -> TreeStats:
     returned stats; the rest is removed regardless.
     """
     total = TreeStats()
-    dirs: list[str] = []  # relative paths of directories, parents before children
     root_dev = os.lstat(root).st_dev
-    with ThreadPoolExecutor(_WORKERS, thread_name_prefix="purge") as pool:
-        pending = {pool.submit(_scan_dir, root, "", root_dev, remove)}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                part, subdirs, chunks = future.result()
-                total.add(part)
+    try:
+        root_fd = os.open(root, _DIR_FLAGS)
+    except OSError as e:
+        total.fail(".", _reason(e))
+        return total
+    dirs: list[str] = []  # relative paths of the directories below root
+    try:
+        with ThreadPoolExecutor(_WORKERS, thread_name_prefix="purge") as pool:
+            walk = _Walk(pool, root_fd, root_dev, remove)
+            # Directory jobs report here as they finish: O(1) per job, however many.
+            done: queue.SimpleQueue[Future[tuple[TreeStats, list[str]]]] = queue.SimpleQueue()
+
+            def scan(rel: str) -> None:
+                pool.submit(walk.scan_dir, rel).add_done_callback(done.put)
+
+            scan("")
+            left = 1
+            while left:
+                stats, subdirs = done.get().result()
+                total.add(stats)
                 dirs.extend(subdirs)
-                pending |= {pool.submit(_scan_dir, root, d, root_dev, remove) for d in subdirs}
-                pending |= {pool.submit(_files, root, rel, names, remove) for rel, names in chunks}
+                for rel in subdirs:
+                    scan(rel)
+                left += len(subdirs) - 1
+        if remove:
+            # Children before parents: deepest paths first.
+            for rel in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
+                _rmdir(root_fd, rel, total)
+    finally:
+        os.close(root_fd)
     if remove:
-        # Children before parents: deepest paths first.
-        for rel in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
-            _rmdir(root, rel, total)
-        _rmdir(root, "", total)
+        try:
+            os.rmdir(root)
+        except OSError as e:
+            _rmdir_failed(".", e, total)
     return total
 
 
-def _scan_dir(
-    root: Path, rel: str, root_dev: int, remove: bool
-) -> tuple[TreeStats, list[str], list[tuple[str, list[str]]]]:
-    """Handle one directory's non-directory entries; return its subdirectories."""
-    stats, subdirs, names = TreeStats(), [], []
-    try:
-        fd = os.open(root / rel if rel else root, _DIR_FLAGS)
-    except OSError as e:
-        stats.fail(rel or ".", e.strerror or str(e))
-        return stats, [], []
-    try:
-        if os.fstat(fd).st_dev != root_dev:
-            stats.fail(rel, "另一个文件系统的挂载点，未进入")
-            return stats, [], []
-        with os.scandir(fd) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    subdirs.append(f"{rel}/{entry.name}" if rel else entry.name)
-                else:
-                    names.append(entry.name)
-        # Small directories are done here; large ones are split across workers.
-        chunks = [(rel, names[i : i + _CHUNK]) for i in range(_CHUNK, len(names), _CHUNK)]
-        _files_in(fd, rel, names[:_CHUNK], remove, stats)
-    finally:
-        os.close(fd)
-    return stats, subdirs, chunks
+@dataclass
+class _Walk:
+    pool: ThreadPoolExecutor
+    root_fd: int
+    root_dev: int
+    remove: bool
+
+    def scan_dir(self, rel: str) -> tuple[TreeStats, list[str]]:
+        """Handle one directory's non-directory entries; return its subdirectories."""
+        stats, subdirs = TreeStats(), []
+        try:
+            fd = _open_dir(self.root_fd, rel)
+        except OSError as e:
+            stats.fail(rel or ".", _reason(e))
+            return stats, subdirs
+        try:
+            if os.fstat(fd).st_dev != self.root_dev:
+                stats.fail(rel, "另一个文件系统的挂载点，未进入")
+            else:
+                self._scan(fd, rel, stats, subdirs)
+        finally:
+            os.close(fd)
+        return stats, subdirs
+
+    def _scan(self, fd: int, rel: str, stats: TreeStats, subdirs: list[str]) -> None:
+        # Names go to the pool a chunk at a time, at most _WORKERS chunks ahead
+        # of this reader: idle threads share a large directory, and memory
+        # stays flat however many names it holds.
+        window: deque[tuple[Future[TreeStats], list[str]]] = deque()
+        chunk: list[str] = []
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(f"{rel}/{entry.name}" if rel else entry.name)
+                        continue
+                    chunk.append(entry.name)
+                    if len(chunk) == _CHUNK:
+                        window.append(
+                            (self.pool.submit(_files, fd, rel, chunk, self.remove), chunk)
+                        )
+                        chunk = []
+                        if len(window) > _WORKERS:
+                            stats.add(self._finish(fd, rel, *window.popleft()))
+        except OSError as e:  # the directory could not be read to its end
+            stats.fail(rel or ".", _reason(e))
+        finally:
+            stats.add(_files(fd, rel, chunk, self.remove))
+            while window:  # the chunks use fd: all must be done before it is closed
+                stats.add(self._finish(fd, rel, *window.popleft()))
+
+    def _finish(self, fd: int, rel: str, job: Future[TreeStats], names: list[str]) -> TreeStats:
+        # A chunk no thread has started yet is done here rather than waited
+        # for: a reader never waits on queued work, so the pool cannot deadlock.
+        return _files(fd, rel, names, self.remove) if job.cancel() else job.result()
 
 
-def _files(
-    root: Path, rel: str, names: list[str], remove: bool
-) -> tuple[TreeStats, list[str], list[tuple[str, list[str]]]]:
+def _open_dir(root_fd: int, rel: str) -> int:
+    """Open ``rel`` below ``root_fd`` one name at a time, each with O_NOFOLLOW:
+    no symlink anywhere on the way is followed, and no depth is too deep."""
+    fd = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
+    for name in rel.split("/") if rel else ():
+        try:
+            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+def _files(fd: int, rel: str, names: list[str], remove: bool) -> TreeStats:
     stats = TreeStats()
-    try:
-        fd = os.open(root / rel if rel else root, _DIR_FLAGS)
-    except OSError as e:
-        stats.fail(rel or ".", e.strerror or str(e))
-        return stats, [], []
-    try:
-        _files_in(fd, rel, names, remove, stats)
-    finally:
-        os.close(fd)
-    return stats, [], []
-
-
-def _files_in(fd: int, rel: str, names: list[str], remove: bool, stats: TreeStats) -> None:
     for name in names:
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -191,20 +246,32 @@ def _files_in(fd: int, rel: str, names: list[str], remove: bool, stats: TreeStat
         except FileNotFoundError:
             continue  # removed by someone else meanwhile: nothing left to count
         except OSError as e:
-            stats.fail(f"{rel}/{name}" if rel else name, e.strerror or str(e))
+            stats.fail(f"{rel}/{name}" if rel else name, _reason(e))
             continue
         stats.files += 1
         if stat.S_ISREG(st.st_mode):
             stats.bytes += st.st_size
+    return stats
 
 
-def _rmdir(root: Path, rel: str, stats: TreeStats) -> None:
+def _rmdir(root_fd: int, rel: str, stats: TreeStats) -> None:
+    parent, _, name = rel.rpartition("/")
     try:
-        os.rmdir(root / rel if rel else root)
-    except FileNotFoundError:
-        pass
+        fd = _open_dir(root_fd, parent)
+        try:
+            os.rmdir(name, dir_fd=fd)
+        finally:
+            os.close(fd)
     except OSError as e:
-        # After a failure below it, a directory cannot be empty: that failure
-        # is the one worth reporting, not this consequence of it.
-        if not stats.error_count:
-            stats.fail(rel or ".", e.strerror or str(e))
+        _rmdir_failed(rel, e, stats)
+
+
+def _rmdir_failed(rel: str, e: OSError, stats: TreeStats) -> None:
+    # After a failure below it, a directory cannot be empty: that failure is
+    # the one worth reporting, not this consequence of it.
+    if not isinstance(e, FileNotFoundError) and not stats.error_count:
+        stats.fail(rel, _reason(e))
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e)

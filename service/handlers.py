@@ -8,8 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from service import keys, params
-from service.errors import BadRequest, NotFound, envelope
+from service.errors import BadRequest, NotFound, envelope, json_response
 from service.formatting import jsonable
+from service.openapi import openapi
 from service.pipeline import BatchContext, id_problem
 from service.plugin_manager import describe
 
@@ -26,17 +27,12 @@ def _task(row: dict[str, Any]) -> dict[str, Any]:
 
 async def list_tasks(request: web.Request) -> web.Response:
     query = params.list_query(request.query)
-    rows, total = await request.app[keys.DB].list_tasks(
-        limit=query.limit,
-        offset=query.offset,
-        status=query.status,
-        directory_exists=query.directory_exists,
-    )
+    rows, total = await request.app[keys.DB].list_tasks(**query)
     data = {
         "tasks": [_task(row) for row in rows],
         "total": total,
-        "limit": query.limit,
-        "offset": query.offset,
+        "limit": query["limit"],
+        "offset": query["offset"],
     }
     return envelope(200, "获取任务列表成功", data)
 
@@ -49,6 +45,10 @@ async def get_task(request: web.Request) -> web.Response:
     if row is None:
         raise NotFound(f"任务不存在: {task_id}")
     return envelope(200, "获取任务详情成功", _task(row))
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return json_response(openapi(request.app[keys.SETTINGS]))
 
 
 async def list_plugins(request: web.Request) -> web.Response:

@@ -31,45 +31,81 @@ _INT = re.compile(r"^-?\d{1,12}$")
 
 
 @dataclass(frozen=True)
-class ListQuery:
-    limit: int
-    offset: int
-    status: str | None
-    directory_exists: bool | None
+class IntParam:
+    default: int
+    minimum: int
+    maximum: int | None = None
+
+    def parse(self, name: str, raw: str) -> int:
+        if not _INT.match(raw):
+            raise BadRequest(f"{name} 必须是整数", invalid_params=[name])
+        value = int(raw)
+        if value < self.minimum or (self.maximum is not None and value > self.maximum):
+            bounds = (
+                f"在 {self.minimum} 到 {self.maximum} 之间"
+                if self.maximum is not None
+                else f"不小于 {self.minimum}"
+            )
+            raise BadRequest(f"{name} 必须{bounds}", invalid_params=[name])
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        bounds = {"maximum": self.maximum} if self.maximum is not None else {}
+        return {"type": "integer", "default": self.default, "minimum": self.minimum, **bounds}
 
 
-def list_query(query: MultiMapping[str]) -> ListQuery:
-    status = query.get("status")
-    if status is not None and status not in TASK_STATUSES:
-        raise BadRequest(
-            f"status 必须是以下之一: {', '.join(TASK_STATUSES)}", invalid_params=["status"]
-        )
-    exists = query.get("directory_exists")
-    if exists is not None and exists.lower() not in ("true", "false"):
-        raise BadRequest(
-            "directory_exists 必须是 true 或 false", invalid_params=["directory_exists"]
-        )
-    return ListQuery(
-        limit=_int_param(query, "limit", 50, 1, 100),
-        offset=_int_param(query, "offset", 0, 0, None),
-        status=status,
-        directory_exists=None if exists is None else exists.lower() == "true",
-    )
+@dataclass(frozen=True)
+class ChoiceParam:
+    choices: tuple[str, ...]
+    default: None = None
+
+    def parse(self, name: str, raw: str) -> str:
+        if raw not in self.choices:
+            message = f"{name} 必须是以下之一: {', '.join(self.choices)}"
+            raise BadRequest(message, invalid_params=[name])
+        return raw
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "enum": list(self.choices)}
 
 
-def _int_param(
-    query: MultiMapping[str], name: str, default: int, low: int, high: int | None
-) -> int:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    if not _INT.match(raw):
-        raise BadRequest(f"{name} 必须是整数", invalid_params=[name])
-    value = int(raw)
-    if value < low or (high is not None and value > high):
-        bounds = f"在 {low} 到 {high} 之间" if high is not None else f"不小于 {low}"
-        raise BadRequest(f"{name} 必须{bounds}", invalid_params=[name])
-    return value
+# The list endpoint's query: validation here, and the OpenAPI description from it.
+LIST_QUERY: dict[str, IntParam | ChoiceParam] = {
+    "limit": IntParam(50, 1, 100),
+    "offset": IntParam(0, 0, 2**31 - 1),
+    "status": ChoiceParam(TASK_STATUSES),
+    "directory_exists": ChoiceParam(("true", "false")),
+}
+
+
+def list_query(query: MultiMapping[str]) -> dict[str, Any]:
+    """The list query's values by name (``None`` for an absent filter)."""
+    values = {}
+    for name, param in LIST_QUERY.items():
+        raw = query.get(name)
+        values[name] = param.default if raw is None else param.parse(name, raw)
+    if values["directory_exists"] is not None:
+        values["directory_exists"] = values["directory_exists"] == "true"
+    return values
+
+
+def delete_body_schema(max_task_ids: int) -> dict[str, Any]:
+    """The DELETE body as JSON Schema, from the same names ``delete_body`` checks."""
+    return {
+        "type": "object",
+        "required": list(REQUIRED),
+        "additionalProperties": False,
+        "properties": {
+            "task_ids": {
+                "type": "array",
+                "items": {"type": "string"},
+                "minItems": 1,
+                "maxItems": max_task_ids,
+            },
+            "confirm": {"type": "boolean", "const": True},
+            **{name: {"type": "boolean", "default": d} for name, d in OPTIONS.items()},
+        },
+    }
 
 
 async def delete_body(request: web.Request, max_task_ids: int) -> tuple[list[str], DeleteOptions]:
