@@ -8,7 +8,8 @@ through ``service.hookrunner``, which awaits each result in pluggy's order.
 Hook wrappers are not supported (a wrapper cannot see an awaited outcome).
 
 Every hook takes the keyword ``task``: a ``service.pipeline.TaskContext`` with
-``task_id``, ``path`` (the directory under the base), ``options`` (the
+``task_id``, ``path`` (the directory under the base; None only in
+``dptask_delete_failed``, for an invalid id), ``options`` (the
 request's flags: ``dry_run``, ``force``, ``delete_database_records``,
 ``allow_missing``), ``record`` (the task row or None), ``running_steps``,
 ``directory_exists``, ``settings``, ``transaction`` (the locked record, with

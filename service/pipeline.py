@@ -17,7 +17,6 @@ For one task:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ class BatchContext:
 @dataclass
 class TaskContext:
     task_id: str
-    path: Path
+    path: Path | None  # None only for an invalid id, which fails before any other hook
     options: DeleteOptions
     settings: Settings
     request_id: str
@@ -143,9 +142,11 @@ class Deleter:
 
     async def delete_one(self, task_id: str, batch: BatchContext) -> tuple[bool, dict[str, Any]]:
         started = time.monotonic()
+        problem = id_problem(task_id, self.settings)
         task = TaskContext(
             task_id=task_id,
-            path=self.settings.base_dir / task_id if isinstance(task_id, str) else Path(),
+            # A path is built only from a valid id: base_dir / "/etc" is /etc.
+            path=None if problem else self.settings.base_dir / task_id,
             options=batch.options,
             settings=self.settings,
             request_id=batch.request_id,
@@ -153,7 +154,7 @@ class Deleter:
             actor=batch.actor,
         )
         try:
-            if problem := id_problem(task_id, self.settings):
+            if problem:
                 raise TaskFailed(errors.INVALID_TASK_ID, problem)
             ok, result = True, await self._delete(task)
         except TaskFailed as e:
@@ -199,6 +200,8 @@ class Deleter:
                     return _success(task, task.directory_exists, records_deleted, stats)
                 if task.directory_exists:
                     detached = await run_hook(pm, "dptask_detach_directory", task=task)
+                    if detached is None:  # the record must not say "gone" while it is not
+                        raise TaskFailed(errors.DELETE_FAILED, "没有插件移走任务目录，任务未删除")
                 task.now = datetime.now()
                 records_deleted = bool(await run_hook(pm, "dptask_update_records", task=task))
         except BaseException as e:
@@ -245,8 +248,12 @@ class Deleter:
 
     async def _notify(self, hook: str, **kwargs: Any) -> None:
         """Call an observer hook; its failure is logged, never the outcome."""
-        with contextlib.suppress(TaskFailed):  # run_hook logged it with the traceback
+        try:
             await run_hook(self.pm, hook, **kwargs)
+        except TaskFailed:
+            pass  # run_hook logged it with the traceback
+        except DatabaseError:
+            log.exception("observer_database_error", hook=hook)
 
 
 def _flatten(results: list[Veto | list[Veto]]) -> list[Veto]:

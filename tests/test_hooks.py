@@ -230,3 +230,34 @@ def test_every_hook_states_its_contract():
     for name in specs:
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""
         assert "Return" in doc, f"{name} does not state its return contract"
+
+
+class SeesFailedPaths:
+    def __init__(self):
+        self.paths = {}
+
+    @hookimpl
+    def dptask_delete_failed(self, task, result):
+        self.paths[task.task_id] = task.path
+
+
+SEES = SeesFailedPaths()
+
+
+@pytest.mark.parametrize("plugins", [[SEES]])
+async def test_no_hook_sees_a_path_built_from_an_invalid_id(client, schema):
+    await delete(client, "/etc", "../x")
+    assert SEES.paths == {"/etc": None, "../x": None}
+
+
+async def test_without_a_detach_implementation_nothing_is_recorded(
+    aiohttp_client, settings, task_factory, base_dir, pg
+):
+    app = create_app(settings)
+    app[keys.PLUGINS].unregister(name="builtin.directory")
+    client = await aiohttp_client(app)
+    task_factory("task_a")
+    body = await delete(client, "task_a")
+    assert body["data"]["failed_tasks"][0]["error_code"] == "DELETE_FAILED"
+    assert (base_dir / "task_a").is_dir()
+    assert pg.task("task_a")["directory_exists"] is True
