@@ -4,6 +4,9 @@ python run.py [--config PATH] [--host HOST] [--port PORT]   serve the API
 python run.py demo [--count N]                              create sample tasks
 python run.py restore ARCHIVE                               put an archived task back
 python run.py reconcile [--fix]                             records vs. disk, and the trash
+
+``--config`` works before or after the command. Every start-up problem
+(settings, database, port) ends in one line on stderr and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -13,33 +16,49 @@ import asyncio
 import sys
 from pathlib import Path
 
+import structlog
 from aiohttp import web
 
 from service.app import create_app, open_database
+from service.db import DatabaseError
 from service.demo import create_demo_tasks
 from service.logs import configure_logging
 from service.reconcile import reconcile
 from service.settings import Settings, SettingsError, check_exposure, load_settings
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="The data-pipeline task service.")
-    parser.add_argument("--config", help="settings file (default: ./settings.toml)")
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="settings file (default: ./settings.toml)")
+    # On the commands, absent options must not override what came before the command.
+    on_command = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    on_command.add_argument("--config", help="settings file (default: ./settings.toml)")
+
+    parser = argparse.ArgumentParser(
+        description="The data-pipeline task service.", parents=[common]
+    )
     parser.add_argument("--host", help="listen address (overrides server.host)")
     parser.add_argument("--port", type=int, help="listen port (overrides server.port)")
     commands = parser.add_subparsers(dest="command")
-    demo = commands.add_parser("demo", help="create sample tasks: records, steps, directories")
+    demo = commands.add_parser("demo", parents=[on_command], help="create sample tasks")
     demo.add_argument("--count", type=int, default=10, help="how many (default 10)")
-    restore = commands.add_parser("restore", help="put a task archived by plugins/archive back")
-    restore.add_argument("archive", type=Path, help="the archive file")
-    reconcile = commands.add_parser(
-        "reconcile", help="report where records and directories disagree; exit 1 if they do"
+    restore = commands.add_parser(
+        "restore", parents=[on_command], help="put a task archived by plugins/archive back"
     )
-    reconcile.add_argument(
+    restore.add_argument("archive", type=Path, help="the archive file")
+    reconcile_cmd = commands.add_parser(
+        "reconcile",
+        parents=[on_command],
+        help="report where records and directories disagree; exit 1 if they do",
+    )
+    reconcile_cmd.add_argument(
         "--fix", action="store_true", help="set directory_exists to the truth and sweep the trash"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         overrides = {"server": {"host": args.host, "port": args.port}}
         settings = load_settings(args.config, overrides=overrides)
@@ -51,17 +70,31 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reconcile":
             return asyncio.run(_reconcile(settings, args.fix))
         check_exposure(settings)
+        return _serve(settings)
+    except SettingsError as e:
+        return _fail(str(e))
+    except DatabaseError as e:
+        return _fail("database unavailable: " + " ".join(str(e).split()))
+
+
+def _serve(settings: Settings) -> int:
+    url = f"http://{settings.host}:{settings.port}"
+    try:
         web.run_app(
             create_app(settings),
             host=settings.host,
             port=settings.port,
             access_log=None,  # one access line per request comes from our middleware
-            print=lambda _: print(f"serving on http://{settings.host}:{settings.port}", flush=True),
+            print=lambda _: structlog.get_logger("service").info("serving", url=url),
         )
-        return 0
-    except SettingsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except OSError as e:
+        return _fail(f"cannot listen on {settings.host}:{settings.port}: {e.strerror or e}")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 async def _demo(settings: Settings, count: int) -> int:
@@ -81,8 +114,7 @@ async def _restore(settings: Settings, archive: Path) -> int:
             print(await restore(settings, db, archive))
         return 0
     except ArchiveError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _fail(str(e))
 
 
 async def _reconcile(settings: Settings, fix: bool) -> int:

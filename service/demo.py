@@ -53,10 +53,13 @@ async def create_demo_tasks(settings: Settings, db: Database, count: int) -> lis
     now = datetime.now().replace(microsecond=0)
     global_bak = settings.base_dir / "vector_bak"  # the protected, non-task folder
     await asyncio.to_thread(global_bak.mkdir, parents=True, exist_ok=True)
-    task_ids = []
+    task_ids: list[str] = []
     for i in range(count):
         created = now - timedelta(days=rng.uniform(0, 60), seconds=i)
         task_id = f"task_{created:%Y%m%d_%H%M%S}"
+        while task_id in task_ids:  # two draws in the same second: the next free one
+            created -= timedelta(seconds=1)
+            task_id = f"task_{created:%Y%m%d_%H%M%S}"
         status, steps = _STATES[i % len(_STATES)]
         await db.execute(
             "INSERT INTO data_pipeline_tasks (task_id, task_name, task_type, status, parameters,"

@@ -27,7 +27,7 @@ OPTIONS = {
     "allow_missing": False,
 }
 TASK_IDS_MESSAGE = "task_ids必须是非空的任务ID列表"
-_INT = re.compile(r"^-?\d{1,12}$")
+_INT = re.compile(r"-?[0-9]{1,12}")  # ASCII digits only; used with fullmatch
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class IntParam:
     maximum: int | None = None
 
     def parse(self, name: str, raw: str) -> int:
-        if not _INT.match(raw):
+        if not _INT.fullmatch(raw):
             raise BadRequest(f"{name} 必须是整数", invalid_params=[name])
         value = int(raw)
         if value < self.minimum or (self.maximum is not None and value > self.maximum):

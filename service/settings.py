@@ -112,6 +112,8 @@ def _read_toml(file: Path) -> dict[str, Any]:
         raise SettingsError(f"{file}: cannot read settings file: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise SettingsError(f"{file}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise SettingsError(f"{file}: not valid TOML: not UTF-8 at byte {e.start}") from None
 
 
 def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
