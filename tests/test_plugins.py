@@ -192,3 +192,40 @@ async def test_retention_guard_yields_to_force_when_allowed(client, task_factory
     body = await delete(client, "task_young", force=True)
     assert body["data"]["deleted_tasks"][0]["task_id"] == "task_young"
     assert not (base_dir / "task_young").exists()
+
+
+# ---------------------------------------------------------------- entry points
+
+
+@pytest.fixture
+def installed_plugin(tmp_path, monkeypatch):
+    """A distribution on sys.path that offers a plugin through the entry-point group."""
+    (tmp_path / "epplugin.py").write_text(
+        "from service.hookspecs import hookimpl\n"
+        "from service.errors import Veto\n\n"
+        "@hookimpl\n"
+        "def dptask_check_delete(task):\n"
+        "    return Veto('FROM_ENTRY_POINT', 'installed plugin says no')\n"
+    )
+    dist = tmp_path / "epplugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: epplugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[dptask.plugins]\nepplugin = epplugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize(("autoload", "loaded"), [("", True), ("1", False)])
+def test_entry_point_plugins_load_unless_switched_off(
+    installed_plugin, workdir, monkeypatch, autoload, loaded
+):
+    from service.builtin.audit import AuditLog
+    from service.plugin_manager import create_plugin_manager
+    from service.settings import load_settings
+
+    monkeypatch.setenv("DPTASK_DISABLE_PLUGIN_AUTOLOAD", autoload)
+    settings = load_settings(write_settings(workdir))
+    pm = create_plugin_manager(settings, AuditLog(settings.audit_path))
+    assert (pm.get_plugin("epplugin") is not None) is loaded
+
+    off = load_settings(write_settings(workdir, "[plugins]\nentry_points = false\n"))
+    assert create_plugin_manager(off, AuditLog(off.audit_path)).get_plugin("epplugin") is None
