@@ -23,7 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import grp
 import os
+import pwd
+import stat
 import tarfile
 import uuid
 from datetime import datetime
@@ -148,23 +152,68 @@ def write_archive(src: Path, dest: Path, fmt: str, level: int, min_free_bytes: i
 def _add_tree(tar: tarfile.TarFile, src: Path) -> tuple[int, int]:
     """Add ``src`` under its own name; return (members, bytes of regular files)."""
     members = size = 0
-    stack = [(src, src.name)]
-    while stack:
-        path, arcname = stack.pop()
-        info = tar.gettarinfo(str(path), arcname)  # lstat: a symlink stays a link
-        if info.isreg():
-            with open(path, "rb") as f:
-                tar.addfile(info, f)
-            size += info.size
-        else:
-            tar.addfile(info)
-        tar.members.clear()  # tarfile keeps every member otherwise: memory would grow
-        members += 1
-        if info.isdir():
-            with os.scandir(path) as entries:
-                names = sorted(e.name for e in entries)
-            stack.extend((path / n, f"{arcname}/{n}") for n in reversed(names))
-    return members, size
+    _add(tar, _tarinfo(src, src.name), src)
+    dirs = [(src, src.name)]  # directories still to list; only names are held
+    while dirs:
+        directory, prefix = dirs.pop()
+        with os.scandir(directory) as entries:
+            names = sorted(e.name for e in entries)
+        for name in names:
+            path, arcname = directory / name, f"{prefix}/{name}"
+            info = _tarinfo(path, arcname)
+            _add(tar, info, path)
+            members += 1
+            size += info.size if info.isreg() else 0
+            if info.isdir():
+                dirs.append((path, arcname))
+    return members + 1, size
+
+
+def _add(tar: tarfile.TarFile, info: tarfile.TarInfo, path: Path) -> None:
+    if info.isreg():
+        with open(path, "rb") as f:
+            tar.addfile(info, f)
+    else:
+        tar.addfile(info)
+    tar.members.clear()  # tarfile keeps every member otherwise: memory would grow
+
+
+def _tarinfo(path: Path, arcname: str) -> tarfile.TarInfo:
+    """A member from one lstat. Not ``TarFile.gettarinfo``: that looks up the
+    owner's name per file and remembers every inode (for hard links), which
+    costs time and memory in proportion to the tree. Hard-linked files are
+    stored as copies; restoring gives the same bytes."""
+    st = os.lstat(path)  # a symlink stays a link
+    info = tarfile.TarInfo(arcname)
+    info.mode = stat.S_IMODE(st.st_mode)
+    # Whole seconds, as tar keeps them: a fractional mtime costs a PAX header per member.
+    info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
+    info.uname, info.gname = _user(st.st_uid), _group(st.st_gid)
+    if stat.S_ISREG(st.st_mode):
+        info.size = st.st_size
+    elif stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(st.st_mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+    else:  # sockets, fifos, devices have no place in pipeline output
+        raise ArchiveError(f"{path} 不是普通文件、目录或符号链接，无法归档")
+    return info
+
+
+@functools.lru_cache(maxsize=64)
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+@functools.lru_cache(maxsize=64)
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
 
 
 def archive_counts(path: Path) -> tuple[int, int]:
@@ -230,7 +279,7 @@ def _check_member(info: tarfile.TarInfo, task_id: str) -> None:
     parts = info.name.split("/")
     if parts[0] != task_id or any(p in ("", ".", "..") for p in parts[1:]):
         raise ArchiveError(f"成员 {info.name!r} 不在任务目录 {task_id}/ 之内，拒绝恢复")
-    if not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
+    if not (info.isreg() or info.isdir() or info.issym()):
         raise ArchiveError(f"成员 {info.name!r} 的类型不允许恢复")
 
 
