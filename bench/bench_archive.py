@@ -32,7 +32,8 @@ started = time.perf_counter()
 size = write_archive(Path(sys.argv[1]), Path(sys.argv[2]), "tar.gz", 1, 0)
 seconds = time.perf_counter() - started
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"seconds": seconds, "bytes": size, "rss_before_kb": before, "rss_peak_kb": peak}}))
+result = {{"seconds": seconds, "bytes": size, "rss_before_kb": before, "rss_peak_kb": peak}}
+print(json.dumps(result))
 """
 
 
@@ -86,12 +87,10 @@ def main() -> None:
         print(f"files: {args.files // 10} and {args.files}")
         print(f"peak RSS growth while archiving: {grow_small} KiB and {grow_large} KiB")
         print(f"peak RSS: {small_run['rss_peak_kb']} KiB and {large_run['rss_peak_kb']} KiB")
-        print(
-            f"memory ratio large/small (1.0 is flat): {large_run['rss_peak_kb'] / small_run['rss_peak_kb']:.2f}"
-        )
-        print(
-            f"archive of {args.files} files: {large_run['seconds']:.2f} s, {large_run['bytes']} bytes"
-        )
+        flat = large_run["rss_peak_kb"] / small_run["rss_peak_kb"]
+        print(f"memory ratio large/small (1.0 is flat): {flat:.2f}")
+        seconds, size = large_run["seconds"], large_run["bytes"]
+        print(f"archive of {args.files} files: {seconds:.2f} s, {size} bytes")
         print(f"tar czf of the same tree: {tar_seconds:.2f} s")
         print(f"speed ratio tar/ours (>1: we are faster): {tar_seconds / large_run['seconds']:.2f}")
     finally:
