@@ -14,15 +14,16 @@ import contextlib
 import os
 import queue
 import stat
+import threading
 import uuid
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# Unlinking a file mostly waits (on freeing and discarding its blocks, on reading
-# its inode), not on the CPU: more threads than cores keep the disk busy.
+# Unlinking a file that has data often waits on the disk, not the CPU (on ext4
+# mounted with `discard`, ~0.1 ms per file for a synchronous discard): more
+# threads than cores keep the disk busy. See bench/bench_purge.py.
 _WORKERS = 16
 # Names handed to a thread at a time: enough to make a job worth its overhead,
 # few enough that the threads share a large directory evenly.
@@ -122,9 +123,13 @@ def purge(detached: Path) -> TreeStats:
 def walk_tree(root: Path, *, remove: bool) -> TreeStats:
     """Count, and with ``remove`` delete, everything under ``root`` and root itself.
 
-    Never follows a symlink (links are removed as links) and never enters a
-    directory on another device. What cannot be removed is reported in the
-    returned stats; the rest is removed regardless.
+    ``root`` must exist (lstat). Never follows a symlink (links are removed as
+    links) and never enters a directory on another device. What cannot be
+    removed is reported in the returned stats; the rest is removed regardless.
+
+    A pool of threads handles the directories, a large one's names a chunk at
+    a time, so several threads work in it and memory does not grow with it.
+    Empty directories are removed at the end, children before parents.
     """
     total = TreeStats()
     root_dev = os.lstat(root).st_dev
@@ -166,18 +171,24 @@ def walk_tree(root: Path, *, remove: bool) -> TreeStats:
     return total
 
 
+_Handed = list[tuple[Future[TreeStats], list[str]]]  # chunk jobs, with their names
+
+
 @dataclass
 class _Walk:
     pool: ThreadPoolExecutor
     root_fd: int
     root_dev: int
     remove: bool
+    slots: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(2 * _WORKERS))
 
     def scan_dir(self, rel: str) -> tuple[TreeStats, list[str]]:
         """Handle one directory's non-directory entries; return its subdirectories."""
         stats, subdirs = TreeStats(), []
         try:
             fd = _open_dir(self.root_fd, rel)
+        except FileNotFoundError:
+            return stats, subdirs  # removed by someone else meanwhile
         except OSError as e:
             stats.fail(rel or ".", _reason(e))
             return stats, subdirs
@@ -191,10 +202,10 @@ class _Walk:
         return stats, subdirs
 
     def _scan(self, fd: int, rel: str, stats: TreeStats, subdirs: list[str]) -> None:
-        # Names go to the pool a chunk at a time, at most _WORKERS chunks ahead
-        # of this reader: idle threads share a large directory, and memory
-        # stays flat however many names it holds.
-        window: deque[tuple[Future[TreeStats], list[str]]] = deque()
+        # Names go to idle threads a chunk at a time while this thread reads on.
+        # When 2 * _WORKERS chunks already wait in the whole walk, this thread
+        # does the chunk itself: memory stays flat however large the directory.
+        handed: _Handed = []
         chunk: list[str] = []
         try:
             with os.scandir(fd) as entries:
@@ -204,23 +215,40 @@ class _Walk:
                         continue
                     chunk.append(entry.name)
                     if len(chunk) == _CHUNK:
-                        window.append(
-                            (self.pool.submit(_files, fd, rel, chunk, self.remove), chunk)
-                        )
+                        handed = self._hand_off(fd, rel, chunk, handed, stats)
                         chunk = []
-                        if len(window) > _WORKERS:
-                            stats.add(self._finish(fd, rel, *window.popleft()))
         except OSError as e:  # the directory could not be read to its end
             stats.fail(rel or ".", _reason(e))
         finally:
             stats.add(_files(fd, rel, chunk, self.remove))
-            while window:  # the chunks use fd: all must be done before it is closed
-                stats.add(self._finish(fd, rel, *window.popleft()))
+            for job, names in handed:  # they use fd: all must be done before it is closed
+                if job.cancel():  # never waits on queued work: the pool cannot deadlock
+                    self.slots.release()
+                    stats.add(_files(fd, rel, names, self.remove))
+                else:
+                    stats.add(job.result())
 
-    def _finish(self, fd: int, rel: str, job: Future[TreeStats], names: list[str]) -> TreeStats:
-        # A chunk no thread has started yet is done here rather than waited
-        # for: a reader never waits on queued work, so the pool cannot deadlock.
-        return _files(fd, rel, names, self.remove) if job.cancel() else job.result()
+    def _hand_off(
+        self, fd: int, rel: str, chunk: list[str], handed: _Handed, stats: TreeStats
+    ) -> _Handed:
+        """Give ``chunk`` to the pool, or do it here; return the chunks still in flight."""
+        in_flight: _Handed = []
+        for job, names in handed:
+            if job.done():
+                stats.add(job.result())
+            else:
+                in_flight.append((job, names))
+        if self.slots.acquire(blocking=False):
+            in_flight.append((self.pool.submit(self._chunk, fd, rel, chunk), chunk))
+        else:
+            stats.add(_files(fd, rel, chunk, self.remove))
+        return in_flight
+
+    def _chunk(self, fd: int, rel: str, names: list[str]) -> TreeStats:
+        try:
+            return _files(fd, rel, names, self.remove)
+        finally:
+            self.slots.release()
 
 
 def _open_dir(root_fd: int, rel: str) -> int:

@@ -1,0 +1,436 @@
+"""service.fs on a real file system: counting, removing, symlinks, devices,
+undeletable entries (chattr +i), detach/reattach, the containment check."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from service import fs
+from service.fs import TreeStats
+
+# ---------------------------------------------------------------- helpers
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry below ``root``: type, mode, and content or link target.
+
+    Walks with descriptors, never following a link, so that it also reads
+    trees deeper than PATH_MAX.
+    """
+    snap: dict[str, tuple] = {}
+
+    def walk(dir_fd: int, rel: str) -> None:
+        for name in sorted(os.listdir(dir_fd)):
+            path = f"{rel}/{name}" if rel else name
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                snap[path] = ("link", os.readlink(name, dir_fd=dir_fd))
+            elif stat.S_ISDIR(st.st_mode):
+                snap[path] = ("dir", mode)
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                try:
+                    walk(fd, path)
+                finally:
+                    os.close(fd)
+            elif stat.S_ISREG(st.st_mode):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                with os.fdopen(fd, "rb") as f:
+                    snap[path] = ("file", mode, f.read())
+            else:
+                snap[path] = ("other", stat.S_IFMT(st.st_mode), mode)
+
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        walk(fd, "")
+    finally:
+        os.close(fd)
+    return snap
+
+
+def counts(stats: TreeStats) -> tuple[int, int, int]:
+    return stats.files, stats.bytes, stats.error_count
+
+
+def make_tree(root: Path) -> tuple[int, int]:
+    """A small task-shaped tree with every kind of entry; return (files, bytes)."""
+    (root / "vector_bak").mkdir(parents=True)
+    (root / "file_bak_20250702_223802" / "nested").mkdir(parents=True)
+    (root / "empty_dir").mkdir()
+    files = {
+        "task_config.json": b'{"task_id": "task_1"}',
+        "data_pipeline.log": b"log line\n" * 1000,
+        "orders.ddl": b"create table orders ();",
+        "orders_detail.md": b"# orders\n",
+        "qs_db_1_pair.json": b"[]",
+        "empty.txt": b"",
+        "vector_bak/embedding.csv": os.urandom(70_000),
+        "file_bak_20250702_223802/orders.ddl": b"old",
+        "file_bak_20250702_223802/nested/deep.md": b"deep",
+    }
+    for rel, data in files.items():
+        (root / rel).write_bytes(data)
+        (root / rel).chmod(0o640)
+    os.symlink("orders.ddl", root / "link_in_tree")  # a file: counted, 0 bytes
+    os.symlink("does/not/exist", root / "vector_bak/dangling")
+    os.mkfifo(root / "file_bak_20250702_223802/fifo")  # a file: counted, 0 bytes
+    return len(files) + 3, sum(len(d) for d in files.values())
+
+
+@pytest.fixture
+def chattr(tmp_path: Path) -> Iterator:
+    """chattr +i: even root cannot unlink what it marks; cleared at teardown."""
+    marked: list[Path] = []
+
+    def immutable(path: Path) -> None:
+        result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if result.returncode:
+            pytest.skip(f"chattr +i not supported here: {result.stderr.strip()}")
+        marked.append(path)
+
+    yield immutable
+    for path in marked:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
+# ---------------------------------------------------------------- counting
+
+
+def test_counts_files_and_bytes_of_every_kind(tmp_path: Path) -> None:
+    root = tmp_path / "task_1"
+    files, size = make_tree(root)
+
+    assert counts(fs.walk_tree(root, remove=False)) == (files, size, 0)
+    assert counts(fs.walk_tree(root, remove=True)) == (files, size, 0)
+    assert not os.path.lexists(root)
+
+
+def test_dry_run_counts_what_a_real_run_removes_and_changes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "task_1"
+    make_tree(root)
+    for i in range(3000):  # more than one chunk in one directory
+        (root / "vector_bak" / f"e_{i}.json").write_bytes(b"z" * (i % 97))
+    before = snapshot(root)
+    mtime = os.stat(root).st_mtime_ns
+
+    dry = fs.walk_tree(root, remove=False)
+
+    assert snapshot(root) == before
+    assert os.stat(root).st_mtime_ns == mtime
+    real = fs.walk_tree(root, remove=True)
+    assert counts(real) == counts(dry)
+    assert not os.path.lexists(root)
+
+
+def test_purge_removes_the_tree_and_its_token_directory(tmp_path: Path) -> None:
+    holder = tmp_path / "trash" / "token"
+    files, size = make_tree(holder / "task_1")
+
+    assert counts(fs.purge(holder / "task_1")) == (files, size, 0)
+    assert not os.path.lexists(holder)
+
+
+def test_can_run_in_a_worker_thread(tmp_path: Path) -> None:
+    root = tmp_path / "task_1"
+    files, size = make_tree(root)
+    with ThreadPoolExecutor(1) as pool:
+        stats = pool.submit(fs.walk_tree, root, remove=True).result()
+    assert counts(stats) == (files, size, 0)
+    assert not [t for t in threading.enumerate() if t.name.startswith("purge")]
+
+
+# ---------------------------------------------------------------- symlinks and devices
+
+
+def test_symlink_to_a_file_outside_is_removed_and_its_target_untouched(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"precious" * 1000)
+    root = tmp_path / "task_1"
+    root.mkdir()
+    os.symlink(outside, root / "link")
+    (root / "own.txt").write_bytes(b"12345")
+
+    stats = fs.walk_tree(root, remove=True)
+
+    assert counts(stats) == (2, 5, 0)  # the link counts as a file of 0 bytes
+    assert not os.path.lexists(root)
+    assert outside.read_bytes() == b"precious" * 1000
+
+
+def test_symlink_to_a_directory_outside_is_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "keep.txt").write_bytes(b"keep")
+    before = snapshot(outside)
+    root = tmp_path / "task_1"
+    (root / "inner").mkdir(parents=True)
+    os.symlink(outside, root / "link_abs")
+    os.symlink("../../outside/sub", root / "inner" / "link_rel")
+
+    assert counts(fs.walk_tree(root, remove=False)) == (2, 0, 0)
+    assert counts(fs.walk_tree(root, remove=True)) == (2, 0, 0)
+    assert not os.path.lexists(root)
+    assert snapshot(outside) == before
+
+
+def test_a_symlink_given_as_the_root_is_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "real"
+    make_tree(target)
+    before = snapshot(target)
+    os.symlink(target, tmp_path / "task_1")
+
+    stats = fs.walk_tree(tmp_path / "task_1", remove=True)
+
+    assert stats.error_count == 1
+    assert stats.files == 0
+    assert snapshot(target) == before
+
+
+def test_a_directory_on_another_device_is_not_entered(tmp_path: Path) -> None:
+    root = tmp_path / "task_1"
+    mnt = root / "sub" / "mnt"
+    mnt.mkdir(parents=True)
+    (root / "sub" / "a.txt").write_bytes(b"abc")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        (mnt / "other_fs.txt").write_bytes(b"not ours")
+
+        dry = fs.walk_tree(root, remove=False)
+        real = fs.walk_tree(root, remove=True)
+
+        for stats in (dry, real):
+            assert counts(stats) == (1, 3, 1)
+            assert stats.errors[0].startswith("sub/mnt: ")
+        assert (mnt / "other_fs.txt").read_bytes() == b"not ours"
+        assert sorted(os.listdir(root)) == ["sub"]
+        assert os.listdir(root / "sub") == ["mnt"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+# ---------------------------------------------------------------- what cannot be removed
+
+
+def test_an_undeletable_file_is_reported_and_everything_else_removed(
+    tmp_path: Path, chattr
+) -> None:
+    holder = tmp_path / "trash" / "token"
+    root = holder / "task_1"
+    files, size = make_tree(root)
+    locked = root / "file_bak_20250702_223802" / "nested" / "deep.md"
+    chattr(locked)
+
+    stats = fs.purge(root)  # must not raise
+
+    assert stats.error_count == 1
+    assert stats.errors[0].startswith("file_bak_20250702_223802/nested/deep.md: ")
+    assert (stats.files, stats.bytes) == (files - 1, size - len(b"deep"))
+    # Only the locked file and the directories that hold it are left.
+    left = snapshot(holder)
+    assert sorted(left) == [
+        "task_1",
+        "task_1/file_bak_20250702_223802",
+        "task_1/file_bak_20250702_223802/nested",
+        "task_1/file_bak_20250702_223802/nested/deep.md",
+    ]
+    assert left["task_1/file_bak_20250702_223802/nested/deep.md"] == ("file", 0o640, b"deep")
+
+
+def test_an_undeletable_directory_reports_each_entry_and_keeps_the_first_few(
+    tmp_path: Path, chattr
+) -> None:
+    root = tmp_path / "task_1"
+    stuck = root / "vector_bak"
+    stuck.mkdir(parents=True)
+    for i in range(30):
+        (stuck / f"e_{i:02}.json").write_bytes(b"x" * 10)
+    (root / "free.txt").write_bytes(b"free")
+    chattr(stuck)
+
+    stats = fs.walk_tree(root, remove=True)
+
+    assert (stats.files, stats.bytes, stats.error_count) == (1, 4, 30)
+    assert len(stats.errors) == fs._MAX_ERRORS_KEPT
+    assert all(e.startswith("vector_bak/e_") for e in stats.errors)
+    assert sorted(os.listdir(root)) == ["vector_bak"]
+    assert len(os.listdir(stuck)) == 30
+
+
+# ---------------------------------------------------------------- shapes
+
+
+def test_deep_nesting_beyond_path_max(tmp_path: Path) -> None:
+    root = tmp_path / "task_1"
+    root.mkdir()
+    name = "file_bak_20250702_223802_x"  # 200 levels of it: ~5,400 bytes > PATH_MAX
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(200):
+            f = os.open(f"f{level}.md", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(f, b"x" * level)
+            os.close(f)
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+    expected = (200, sum(range(200)), 0)
+
+    assert counts(fs.walk_tree(root, remove=False)) == expected
+    assert counts(fs.walk_tree(root, remove=True)) == expected
+    assert not os.path.lexists(root)
+
+
+def test_a_large_flat_directory_is_fully_counted_and_removed(tmp_path: Path) -> None:
+    root = tmp_path / "task_1"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(5000):
+            f = os.open(f"qs_db_{i}_pair.json", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(f, b"q" * (i % 10))
+            os.close(f)
+    finally:
+        os.close(fd)
+    os.symlink("qs_db_1_pair.json", root / "link")
+    expected = (5001, sum(i % 10 for i in range(5000)), 0)
+    assert fs._CHUNK * 4 < 5000  # several chunks, shared between threads
+
+    assert counts(fs.walk_tree(root, remove=False)) == expected
+    assert len(os.listdir(root)) == 5001
+    assert counts(fs.walk_tree(root, remove=True)) == expected
+    assert not os.path.lexists(root)
+
+
+# ---------------------------------------------------------------- detach and reattach
+
+
+def test_detach_and_reattach_preserve_the_tree_byte_for_byte(tmp_path: Path) -> None:
+    base = tmp_path / "training_data"
+    path = base / "task_20250702_223802"
+    make_tree(path)
+    before = snapshot(path)
+    trash = base / ".trash"
+
+    detached = fs.detach(path, trash)
+
+    assert not os.path.lexists(path)
+    assert detached.name == path.name
+    assert detached.parent.parent == trash
+    assert snapshot(detached) == before
+
+    fs.reattach(detached, path)
+
+    assert snapshot(path) == before
+    assert not os.path.lexists(detached.parent)  # the token directory is gone
+    assert os.listdir(trash) == []
+
+
+@pytest.mark.parametrize("kind", ["dir", "empty_dir", "file", "symlink"])
+def test_reattach_never_overwrites_what_exists_again(tmp_path: Path, kind: str) -> None:
+    base = tmp_path / "training_data"
+    path = base / "task_1"
+    make_tree(path)
+    before = snapshot(path)
+    detached = fs.detach(path, base / ".trash")
+    if kind == "dir":
+        path.mkdir()
+        (path / "new.txt").write_bytes(b"new")
+    elif kind == "empty_dir":
+        path.mkdir()  # rename(2) alone would silently replace an empty directory
+    elif kind == "file":
+        path.write_bytes(b"new")
+    else:
+        os.symlink(tmp_path / "nowhere", path)
+    everything = snapshot(base)
+
+    with pytest.raises(FileExistsError):
+        fs.reattach(detached, path)
+
+    assert snapshot(base) == everything
+    assert snapshot(detached) == before
+
+
+# ---------------------------------------------------------------- containment
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    path = tmp_path / "training_data"
+    path.mkdir()
+    return path
+
+
+def test_a_real_task_directory_is_accepted(base: Path) -> None:
+    (base / "task_1").mkdir()
+    assert fs.directory_problem(base, base / "task_1") is None
+
+
+def test_a_base_reached_through_a_symlink_is_resolved(tmp_path: Path, base: Path) -> None:
+    (base / "task_1").mkdir()
+    os.symlink(base, tmp_path / "alias")
+    assert fs.directory_problem(tmp_path / "alias", tmp_path / "alias" / "task_1") is None
+
+
+def test_a_symlinked_task_directory_is_refused(tmp_path: Path, base: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", base / "task_1")
+    os.symlink("task_2_real", base / "task_2")  # a link to a sibling inside base
+    (base / "task_2_real").mkdir()
+    for task in ("task_1", "task_2"):
+        assert "符号链接" in fs.directory_problem(base, base / task)
+
+
+def test_a_file_instead_of_a_directory_is_refused(base: Path) -> None:
+    (base / "task_1").write_bytes(b"not a directory")
+    assert "不是目录" in fs.directory_problem(base, base / "task_1")
+
+
+def test_a_path_outside_the_base_is_refused(tmp_path: Path, base: Path) -> None:
+    (tmp_path / "other" / "task_1").mkdir(parents=True)
+    (base / "task_1" / "nested").mkdir(parents=True)
+    os.symlink(tmp_path / "other", base / "linked_parent")
+    for path in (
+        tmp_path / "other" / "task_1",
+        base / ".." / "other" / "task_1",
+        base / "task_1" / "nested",  # not a direct child
+        base / "linked_parent" / "task_1",  # inside base only through a link
+    ):
+        assert "不在任务根目录之下" in fs.directory_problem(base, path), path
+
+
+def test_a_failed_detach_leaves_no_token_directory(base: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        fs.detach(base / "task_missing", base / ".trash")
+    assert os.listdir(base / ".trash") == []
+
+
+def test_more_large_directories_than_threads(tmp_path: Path, monkeypatch) -> None:
+    # Every thread reads a directory of its own while the chunks it hands off
+    # wait: the walk must neither deadlock nor lose a chunk.
+    monkeypatch.setattr(fs, "_WORKERS", 2)
+    monkeypatch.setattr(fs, "_CHUNK", 8)
+    root = tmp_path / "task_1"
+    for d in range(12):
+        (root / f"file_bak_{d}" / "inner").mkdir(parents=True)
+        for i in range(60):
+            (root / f"file_bak_{d}" / f"t_{i}.ddl").write_bytes(b"d" * d)
+        (root / f"file_bak_{d}" / "inner" / "x").write_bytes(b"x")
+    expected = (12 * 61, sum(60 * d + 1 for d in range(12)), 0)
+
+    assert counts(fs.walk_tree(root, remove=False)) == expected
+    assert counts(fs.walk_tree(root, remove=True)) == expected
+    assert not os.path.lexists(root)
