@@ -140,7 +140,7 @@ def write_archive(src: Path, dest: Path, fmt: str, level: int, min_free_bytes: i
         if found != written:
             raise ArchiveError(f"校验不符: 写入 {written}，读回 {found}（成员数, 字节数）")
         os.rename(tmp, dest)
-        _fsync_dir(dest.parent)
+        fs.fsync_dir(dest.parent)
         return dest.stat().st_size
     except (OSError, tarfile.TarError, EOFError) as e:
         raise ArchiveError(getattr(e, "strerror", None) or str(e)) from e
@@ -226,14 +226,6 @@ def archive_counts(path: Path) -> tuple[int, int]:
                 size += info.size
             tar.members.clear()
     return members, size
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- restore

@@ -84,8 +84,8 @@ def detach(path: Path, trash_dir: Path) -> Path:
     except OSError:
         os.rmdir(holder)
         raise
-    _fsync_dir(path.parent)
-    _fsync_dir(holder)
+    fsync_dir(path.parent)
+    fsync_dir(holder)
     return target
 
 
@@ -94,7 +94,7 @@ def reattach(detached: Path, path: Path) -> None:
     if os.path.lexists(path):
         raise FileExistsError(f"{path} exists again; the tree stays at {detached}")
     os.rename(detached, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     remove_holder(detached)
 
 
@@ -104,7 +104,8 @@ def remove_holder(detached: Path) -> None:
         os.rmdir(detached.parent)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable: it survives a power loss, not only a crash."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
