@@ -127,10 +127,19 @@ LIST_DATA = _object(
         "offset": {"type": "integer"},
     }
 )
+# Lets a stateful fuzzer follow a listed task to its detail.
+LIST_LINKS = {
+    "GetListedTask": {
+        "operationId": "getTask",
+        "parameters": {"task_id": "$response.body#/data/tasks/0/task_id"},
+    }
+}
 PLUGINS_DATA = _object({"plugins": {"type": "array"}, "hooks": {"type": "object"}})
 
 
-def _ok(data: dict[str, Any], description: str) -> dict[str, Any]:
+def _ok(
+    data: dict[str, Any], description: str, links: dict[str, Any] | None = None
+) -> dict[str, Any]:
     schema = _object(
         {
             "success": {"type": "boolean"},
@@ -139,9 +148,8 @@ def _ok(data: dict[str, Any], description: str) -> dict[str, Any]:
             "data": data,
         }
     )
-    return {
-        "200": {"description": description, "content": {"application/json": {"schema": schema}}}
-    }
+    ok = {"description": description, "content": {"application/json": {"schema": schema}}}
+    return {"200": {**ok, "links": links} if links else ok}
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
@@ -192,7 +200,10 @@ def openapi(settings: Settings) -> dict[str, Any]:
                 "get": {
                     "operationId": "listTasks",
                     "parameters": query,
-                    "responses": {**_ok(LIST_DATA, "tasks, newest first"), **_errors(400, *common)},
+                    "responses": {
+                        **_ok(LIST_DATA, "tasks, newest first", links=LIST_LINKS),
+                        **_errors(400, *common),
+                    },
                 },
                 "delete": {
                     "operationId": "deleteTasks",
