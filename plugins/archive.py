@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from service import fs
-from service.db import Database, DatabaseError
+from service.db import Database
 from service.errors import TaskFailed
 from service.hookspecs import hookimpl
 from service.pipeline import TaskContext, id_problem
 from service.settings import Settings, SettingsError
+from service.sweep import RESTORE_PREFIX
 
 ARCHIVE_FAILED = "ARCHIVE_FAILED"
 OPTIONS = {
@@ -241,52 +242,58 @@ def task_id_of(archive: Path) -> str:
 
 
 def extract_task(archive: Path, base_dir: Path, task_id: str) -> Path:
-    """Extract the archive's tree to ``base_dir/<task_id>``; refuse to overwrite,
-    and refuse any member that would land outside that directory."""
-    target = base_dir / task_id
-    if os.path.lexists(target):
-        raise ArchiveError(f"{target} 已存在，拒绝覆盖")
-    holder = base_dir / f".restore-{uuid.uuid4().hex}"
+    """Extract the archive's tree into ``<base_dir>/.restore-<token>/<task_id>``
+    and return that path; refuse any member that would land outside the task's
+    directory. On failure nothing is left behind."""
+    holder = base_dir / f"{RESTORE_PREFIX}{uuid.uuid4().hex}"
     holder.mkdir()
     try:
         with tarfile.open(archive, "r:*") as tar:
-            for info in tar:
-                _check_member(info, task_id)
+            for i, info in enumerate(tar):
+                _check_member(info, task_id, first=i == 0)
                 # The "tar" filter also refuses absolute names, names that
                 # resolve outside the holder (through an extracted symlink
                 # too) and device files.
                 tar.extract(info, holder, filter="tar")
                 tar.members.clear()
-        if os.path.lexists(target):
-            raise ArchiveError(f"{target} 已存在，拒绝覆盖")
-        os.rename(holder / task_id, target)
-        return target
+        return holder / task_id
     except (OSError, tarfile.TarError) as e:
-        raise ArchiveError(getattr(e, "strerror", None) or str(e)) from e
-    finally:
         fs.walk_tree(holder, remove=True)
+        raise ArchiveError(getattr(e, "strerror", None) or str(e)) from e
+    except BaseException:
+        fs.walk_tree(holder, remove=True)
+        raise
 
 
-def _check_member(info: tarfile.TarInfo, task_id: str) -> None:
+def _check_member(info: tarfile.TarInfo, task_id: str, *, first: bool) -> None:
     parts = info.name.split("/")
     if parts[0] != task_id or any(p in ("", ".", "..") for p in parts[1:]):
         raise ArchiveError(f"成员 {info.name!r} 不在任务目录 {task_id}/ 之内，拒绝恢复")
+    if first and not (info.name == task_id and info.isdir()):
+        # The task directory itself comes first, as a directory: a link or a
+        # file in its place would make an undeletable task.
+        raise ArchiveError(f"成员 {info.name!r} 不是任务目录 {task_id}/，拒绝恢复")
     if not (info.isreg() or info.isdir() or info.issym()):
         raise ArchiveError(f"成员 {info.name!r} 的类型不允许恢复")
 
 
 async def restore(settings: Settings, db: Database, archive: Path) -> str:
     """Put an archived task back under ``base_dir`` and record that its
-    directory exists; under the task's lock, so no deletion races it."""
+    directory exists, as deletion does in reverse: under the task's lock,
+    extract beside the base, commit ``directory_exists = true``, then rename
+    into place. A crash before the commit leaves a tree the start-up sweep
+    removes; after it, one the sweep renames into place."""
     task_id = await asyncio.to_thread(task_id_of, archive)
     if problem := id_problem(task_id, settings):
         raise ArchiveError(f"归档中的任务ID {task_id!r} 无效: {problem}")
+    target = settings.base_dir / task_id
     async with db.task_transaction(task_id) as tx:
-        target = await asyncio.to_thread(extract_task, archive, settings.base_dir, task_id)
-        try:
-            found = await tx.set_directory_exists(True, datetime.now())
-        except DatabaseError:
-            # The record cannot say so: take the tree away again, nothing disagrees.
-            await asyncio.to_thread(fs.walk_tree, target, remove=True)
-            raise
+        if await asyncio.to_thread(os.path.lexists, target):
+            raise ArchiveError(f"{target} 已存在，拒绝覆盖")
+        extracted = await asyncio.to_thread(extract_task, archive, settings.base_dir, task_id)
+        found = await tx.set_directory_exists(True, datetime.now())
+    try:
+        await asyncio.to_thread(fs.reattach, extracted, target)
+    except OSError as e:
+        raise ArchiveError(f"{target} 已存在，拒绝覆盖，归档内容留在 {extracted.parent}") from e
     return f"restored {task_id} to {target}" + ("" if found else " (no record for this task)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -19,12 +20,12 @@ from service.db import Database
 from service.embedded import start_embedded
 from service.errors import error_middleware
 from service.logs import request_context_middleware
+from service.openapi import API
 from service.pipeline import Deleter
 from service.plugin_manager import create_plugin_manager
 from service.settings import Settings
 from service.sweep import sweep_trash
 
-API = "/api/v0/data_pipeline"
 MAX_BODY_BYTES = 1024 * 1024
 
 
@@ -56,6 +57,14 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.PLUGINS] = create_plugin_manager(settings, audit_log)
 
+    async def threads(app: web.Application) -> AsyncIterator[None]:
+        # Every file-system call runs in a worker thread, and a purge holds one
+        # for as long as it runs: asyncio's default pool (cores + 4 threads)
+        # would leave other tasks' short calls waiting behind long purges.
+        executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="dptask")
+        asyncio.get_running_loop().set_default_executor(executor)
+        yield
+
     async def database(app: web.Application) -> AsyncIterator[None]:
         async with open_database(settings) as db:
             app[keys.DB] = db
@@ -72,7 +81,7 @@ def create_app(settings: Settings) -> web.Application:
         await sweep_trash(settings, app[keys.DB])
         yield
 
-    app.cleanup_ctx.extend([database, audit, sweep])
+    app.cleanup_ctx.extend([threads, database, audit, sweep])
     app.router.add_get(f"{API}/tasks", handlers.list_tasks)
     app.router.add_delete(f"{API}/tasks", handlers.delete_tasks)
     app.router.add_get(f"{API}/tasks/{{task_id}}", handlers.get_task)

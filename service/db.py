@@ -6,6 +6,7 @@ driver can be swapped without touching handlers or the deletion pipeline.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
@@ -16,9 +17,12 @@ import psycopg2
 
 from service.schema import SCHEMA_LOCK_KEY, STATEMENTS
 
+# Rows from before the migration may hold NULL: the column's default says true.
+DIRECTORY_EXISTS = "COALESCE(directory_exists, true)"
 TASK_COLUMNS = (
     "task_id, task_name, task_type, status, error_message, created_at, started_at,"
-    " completed_at, updated_at, directory_exists, created_type, by_user, db_name"
+    f" completed_at, updated_at, {DIRECTORY_EXISTS} AS directory_exists, created_type,"
+    " by_user, db_name"
 )
 DETAIL_COLUMNS = TASK_COLUMNS + ", parameters, result, output_directory"
 STEP_COLUMNS = "id, execution_id, step_name, step_status, started_at, completed_at, error_message"
@@ -49,14 +53,18 @@ def _translated() -> Any:
 
 
 class Database:
-    def __init__(self, pool: aiopg.Pool) -> None:
+    def __init__(self, pool: aiopg.Pool, maxsize: int) -> None:
         self._pool = pool
+        # Task transactions stay open through archiving and dry-run walks; they
+        # may use all connections but two, so that reads (lists, the ping
+        # before a DELETE) always find one.
+        self._task_slots = asyncio.Semaphore(max(1, maxsize - 2))
 
     @classmethod
     async def connect(cls, url: str, *, maxsize: int = 10) -> Database:
         with _translated():
             pool = await aiopg.create_pool(url, minsize=0, maxsize=maxsize, timeout=30)
-        return cls(pool)
+        return cls(pool, maxsize)
 
     async def close(self) -> None:
         self._pool.close()
@@ -104,8 +112,7 @@ class Database:
             where.append("status = %s")
             args.append(status)
         if directory_exists is not None:
-            # Rows from before the migration may hold NULL: the column's default says true.
-            where.append("COALESCE(directory_exists, true) = %s")
+            where.append(f"{DIRECTORY_EXISTS} = %s")
             args.append(directory_exists)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._rows(
@@ -138,14 +145,12 @@ class Database:
         return task
 
     async def directory_flags(self) -> dict[str, bool]:
-        """Every task's recorded ``directory_exists`` (NULL reads as the default, true)."""
-        rows = await self._rows(
-            "SELECT task_id, COALESCE(directory_exists, true) AS e FROM data_pipeline_tasks"
-        )
+        """Every task's recorded ``directory_exists``."""
+        rows = await self._rows(f"SELECT task_id, {DIRECTORY_EXISTS} AS e FROM data_pipeline_tasks")
         return {row["task_id"]: row["e"] for row in rows}
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
-        """Run one statement outside a task transaction (demo data, restore)."""
+        """Run one statement outside a task transaction (the demo's data)."""
         async with self._cursor() as cur:
             await cur.execute(sql, args)
 
@@ -159,7 +164,7 @@ class Database:
         ``TaskLocked`` at once when another holder has it. Commits when the
         block ends normally, unless ``rollback_only`` was set (dry runs).
         """
-        async with self._cursor() as cur:
+        async with self._task_slots, self._cursor() as cur:
             tx = TaskTransaction(cur, task_id)
             async with _transaction(cur, commit=lambda: not tx.rollback_only):
                 with _translated():

@@ -99,8 +99,9 @@ def envelope(
 
 
 def json_response(body: Any, *, status: int = 200) -> web.Response:
-    text = json.dumps(body, ensure_ascii=False, default=str)
-    return web.Response(text=text, status=status, content_type="application/json")
+    # A lone surrogate cannot be UTF-8: written as its JSON escape, it stays valid JSON.
+    data = json.dumps(body, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")
+    return web.Response(body=data, status=status, content_type="application/json")
 
 
 # What an unexpected fault says, by method: the contract's words for DELETE.

@@ -133,7 +133,10 @@ def walk_tree(root: Path, *, remove: bool) -> TreeStats:
     Empty directories are removed at the end, children before parents.
     """
     total = TreeStats()
-    root_dev = os.lstat(root).st_dev
+    try:
+        root_dev = os.lstat(root).st_dev
+    except FileNotFoundError:
+        return total  # already gone (another process's sweep): nothing to count
     try:
         root_fd = os.open(root, _DIR_FLAGS)
     except OSError as e:

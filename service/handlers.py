@@ -19,8 +19,6 @@ def _task(row: dict[str, Any]) -> dict[str, Any]:
     task = jsonable(row)
     if "steps" in task:
         task["steps"] = [jsonable(step) for step in task["steps"]]
-    # Rows from before the migration may hold NULL; the column's default is true.
-    task["directory_exists"] = task["directory_exists"] is not False
     task["created_by"] = task.get("by_user")
     return task
 

@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 import structlog
 
-from service.db import DatabaseError
+from service.db import DatabaseError, TaskLocked
 from service.errors import PLUGIN_ERROR, TaskFailed
 
 log = structlog.get_logger("service")
@@ -42,8 +42,8 @@ async def run_hook(pm: pluggy.PluginManager, name: str, /, **kwargs: Any) -> Any
     """Call hook ``name`` with ``kwargs``.
 
     Returns the list of non-None results, or for a ``firstresult`` hook the
-    first non-None result (None when there is none). ``TaskFailed`` and
-    ``DatabaseError`` from an implementation propagate as they are; any other
+    first non-None result (None when there is none). ``TaskFailed``,
+    ``DatabaseError`` and ``TaskLocked`` propagate as they are; any other
     exception becomes
     ``PluginError`` naming the plugin, logged with its traceback.
     """
@@ -57,7 +57,7 @@ async def run_hook(pm: pluggy.PluginManager, name: str, /, **kwargs: Any) -> Any
             result = impl.function(*(kwargs[arg] for arg in impl.argnames))
             if inspect.isawaitable(result):
                 result = await result
-        except (TaskFailed, DatabaseError):
+        except (TaskFailed, DatabaseError, TaskLocked):
             raise  # the service's own failures keep their meaning (and code)
         except Exception as e:
             plugin = _label(impl)

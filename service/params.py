@@ -27,6 +27,19 @@ OPTIONS = {
     "allow_missing": False,
 }
 TASK_IDS_MESSAGE = "task_ids必须是非空的任务ID列表"
+
+
+def _encodable(value: Any) -> bool:
+    """A string that can be written out: JSON allows lone surrogates ("\\ud800"), UTF-8 not."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 _INT = re.compile(r"-?[0-9]{1,12}")  # ASCII digits only; used with fullmatch
 
 
@@ -111,18 +124,16 @@ def delete_body_schema(max_task_ids: int) -> dict[str, Any]:
 async def delete_body(request: web.Request, max_task_ids: int) -> tuple[list[str], DeleteOptions]:
     try:
         body: Any = await request.json()
-    except ValueError:  # not JSON, not UTF-8, or empty
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, empty, or nested too deep
         body = None
     if not isinstance(body, dict):
         raise BadRequest("请求体必须是JSON对象")
+    if not all(map(_encodable, body)):
+        raise BadRequest("参数名必须是有效的 Unicode 文本")
     if missing := [name for name in REQUIRED if name not in body]:
         raise MissingParams(missing)
     task_ids = body["task_ids"]
-    if (
-        not isinstance(task_ids, list)
-        or not task_ids
-        or not all(isinstance(t, str) for t in task_ids)
-    ):
+    if not isinstance(task_ids, list) or not task_ids or not all(map(_encodable, task_ids)):
         raise BadRequest(TASK_IDS_MESSAGE, invalid_params=["task_ids"])
     if body["confirm"] is not True:
         raise BadRequest("confirm 必须为 true 才能执行删除", invalid_params=["confirm"])

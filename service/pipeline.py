@@ -38,6 +38,11 @@ log = structlog.get_logger("service")
 
 # Tasks of one batch deleted at once when continue_on_error allows it.
 BATCH_CONCURRENCY = 4
+# The DATABASE_ERROR message after a failed record step, by whether the tree is back.
+_RECORD_FAILED = {
+    True: "数据库记录更新失败，目录已恢复，任务未删除",
+    False: "数据库记录更新失败，目录暂留回收区，重启服务时放回，任务未删除",
+}
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,8 @@ class Deleter:
 
     async def _delete(self, task: TaskContext) -> dict[str, Any]:
         pm, opts = self.pm, task.options
-        detached: Path | None = None
+        detached: Path | None = None  # the tree, while it is in the trash and not committed
+        restored: bool | None = None  # whether a detached tree went back after a failure
         try:
             async with self.db.task_transaction(task.task_id) as tx:
                 task.transaction = tx
@@ -191,53 +197,89 @@ class Deleter:
                     )
                 for extra in await run_hook(pm, "dptask_before_removal", task=task):
                     task.extra.update(extra)
-                records_deleted = opts.delete_database_records and tx.record is not None
                 if opts.dry_run:
                     tx.rollback_only = True
                     stats = fs.TreeStats()
                     if task.directory_exists:
                         stats = await asyncio.to_thread(fs.walk_tree, task.path, remove=False)
-                    return _success(task, task.directory_exists, records_deleted, stats)
-                if task.directory_exists:
-                    detached = await run_hook(pm, "dptask_detach_directory", task=task)
-                    if detached is None:  # the record must not say "gone" while it is not
-                        raise TaskFailed(errors.DELETE_FAILED, "没有插件移走任务目录，任务未删除")
-                task.now = datetime.now()
-                records_deleted = bool(await run_hook(pm, "dptask_update_records", task=task))
-        except BaseException as e:
-            if detached is not None:
-                await self._reattach(task, detached)
-                if isinstance(e, DatabaseError):
-                    raise TaskFailed(
-                        errors.DATABASE_ERROR, "数据库记录更新失败，目录已恢复，任务未删除"
-                    ) from e
+                    records = opts.delete_database_records and tx.record is not None
+                    return _success(task, task.directory_exists, records, stats)
+                try:
+                    if task.directory_exists:
+                        detached = await self._detach(task)
+                    task.now = datetime.now()
+                    records_deleted = bool(await run_hook(pm, "dptask_update_records", task=task))
+                except BaseException:
+                    # Put it back while the lock is still held, before the ROLLBACK:
+                    # no other request may see the task half-deleted.
+                    if detached is not None:
+                        restored, detached = await self._reattach(task, detached), None
+                    raise
+        except DatabaseError as e:
+            if detached is not None:  # the COMMIT itself failed
+                restored = await self._reattach(task, detached)
+            if restored is not None:
+                raise TaskFailed(errors.DATABASE_ERROR, _RECORD_FAILED[restored]) from e
             raise
-        stats = fs.TreeStats()
-        if detached is not None:
-            stats = await run_hook(pm, "dptask_purge_directory", task=task, path=detached)
-            if stats.error_count:
-                await self._keep_remains(task, detached, stats)
-        return _success(task, detached is not None, records_deleted, stats)
+        # Committed: from here on the tree is the trash's, whatever happens.
+        return _success(
+            task, detached is not None, records_deleted, await self._purge(task, detached)
+        )
 
-    async def _reattach(self, task: TaskContext, detached: Path) -> None:
+    async def _detach(self, task: TaskContext) -> Path:
+        # The rename finishes in its thread even if this request is cancelled:
+        # wait for it then too, so the tree's whereabouts are never lost.
+        detach = asyncio.ensure_future(run_hook(self.pm, "dptask_detach_directory", task=task))
+        try:
+            detached = await asyncio.shield(detach)
+        except asyncio.CancelledError:
+            if (detached := await detach) is not None:
+                await self._reattach(task, detached)
+            raise
+        if detached is None:  # the record must not say "gone" while it is not
+            raise TaskFailed(errors.DELETE_FAILED, "没有插件移走任务目录，任务未删除")
+        return detached
+
+    async def _reattach(self, task: TaskContext, detached: Path) -> bool:
+        """Rename the tree back; False when it could not be (it stays in the trash,
+        and the start-up sweep puts it back: its record still says it exists)."""
         try:
             await asyncio.to_thread(fs.reattach, detached, task.path)
+            return True
         except OSError:
-            # The record still says the directory exists, so the start-up
-            # sweep puts it back; nothing is lost.
             log.exception("reattach_failed", task_id=task.task_id, trash=str(detached))
+            return False
+
+    async def _purge(self, task: TaskContext, detached: Path | None) -> fs.TreeStats:
+        if detached is None:
+            return fs.TreeStats()
+        try:
+            stats = await run_hook(self.pm, "dptask_purge_directory", task=task, path=detached)
+        except (TaskFailed, DatabaseError, TaskLocked) as e:
+            stats = fs.TreeStats()
+            stats.fail(".", getattr(e, "message", None) or "清除目录时出错")
+        if stats is None:
+            stats = fs.TreeStats()
+            stats.fail(".", "没有插件清除目录")
+        if stats.error_count:
+            await self._keep_remains(task, detached, stats)
+        return stats
 
     async def _keep_remains(self, task: TaskContext, detached: Path, stats: fs.TreeStats) -> None:
-        """Purge failed part-way: put what is left back and record that it exists."""
+        """Purge failed part-way. Record that the directory exists, then put
+        what is left back: a crash between the two leaves a tree in the trash
+        whose record says it exists, which the start-up sweep puts back. With
+        the records deleted there is nothing to say it exists: the remains stay
+        in the trash, for the sweep to purge again."""
         restored = False
         try:
-            await asyncio.to_thread(fs.reattach, detached, task.path)
-            restored = True
             async with self.db.task_transaction(task.task_id) as tx:
-                await tx.set_directory_exists(True, datetime.now())
-        except (OSError, DatabaseError, TaskLocked):
+                recorded = await tx.set_directory_exists(True, datetime.now())
+            if recorded:
+                restored = await self._reattach(task, detached)
+        except (DatabaseError, TaskLocked):
             log.exception("purge_remains_not_recorded", task_id=task.task_id)
-        where = "已放回任务目录" if restored else f"留在 {detached}"
+        where = "已放回任务目录" if restored else "留在回收区，由重启时的清理处理"
         raise TaskFailed(
             errors.PURGE_FAILED,
             f"目录未能完全删除: {stats.error_count} 个条目无法删除，剩余内容{where}",

@@ -62,35 +62,38 @@ def task_directories(settings: Settings) -> set[str]:
     }
 
 
-async def reconcile(settings: Settings, db: Database, *, fix: bool) -> Reconciliation:
+async def survey(settings: Settings, db: Database) -> Reconciliation:
+    """Where records and disk disagree now; changes nothing."""
     flags = await db.directory_flags()
     on_disk = await asyncio.to_thread(task_directories, settings)
     trash = await asyncio.to_thread(trash_entries, settings.trash_dir)
-    found = Reconciliation(
-        missing_directories=sorted(t for t, exists in flags.items() if exists and t not in on_disk),
-        unflagged_directories=sorted(
-            t for t, exists in flags.items() if not exists and t in on_disk
-        ),
+    return Reconciliation(
+        missing_directories=sorted(t for t, e in flags.items() if e and t not in on_disk),
+        unflagged_directories=sorted(t for t, e in flags.items() if not e and t in on_disk),
         unrecorded_directories=sorted(on_disk - flags.keys()),
         trash=[str(p.relative_to(settings.base_dir)) for p in trash],
     )
+
+
+async def reconcile(settings: Settings, db: Database, *, fix: bool) -> Reconciliation:
     if not fix:
-        return found
+        return await survey(settings, db)
+    # The trash first: a tree whose deletion was never committed goes back
+    # before any record is judged by what is on disk.
+    swept = await sweep_trash(settings, db)
+    found = await survey(settings, db)
+    in_trash = {Path(t).name for t in found.trash}  # deletions in flight elsewhere
+    fixed, locked = [], list(swept.left)
     for task_id in found.missing_directories + found.unflagged_directories:
-        if await _fix_flag(settings, db, task_id):
-            found.fixed.append(task_id)
+        if task_id not in in_trash and await _fix_flag(settings, db, task_id):
+            fixed.append(task_id)
         else:
-            found.locked.append(task_id)
-    report = await sweep_trash(settings, db)
-    found.fixed += [f"trash: {t} restored" for t in report.restored]
-    found.fixed += [f"trash: {t} purged" for t in report.purged]
-    found.locked += report.left
-    fixed_ids = set(found.fixed)
-    found.missing_directories = [t for t in found.missing_directories if t not in fixed_ids]
-    found.unflagged_directories = [t for t in found.unflagged_directories if t not in fixed_ids]
-    left = await asyncio.to_thread(trash_entries, settings.trash_dir)
-    found.trash = [str(p.relative_to(settings.base_dir)) for p in left]
-    return found
+            locked.append(task_id)
+    result = await survey(settings, db)
+    result.fixed = [*fixed, *(f"trash: {t} restored" for t in swept.restored)]
+    result.fixed += [f"trash: {t} purged" for t in swept.purged]
+    result.locked = locked
+    return result
 
 
 async def _fix_flag(settings: Settings, db: Database, task_id: str) -> bool:

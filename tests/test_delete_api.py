@@ -413,3 +413,23 @@ async def test_overlapping_concurrent_requests_delete_each_task_once(
     )
     assert sorted(os.listdir(base_dir)) == [".trash"]
     assert os.listdir(base_dir / ".trash") == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"task_ids": ["task_a", "\\ud800"], "confirm": true}',
+        '{"task_ids": ["task_a"], "confirm": true, "\\ud800": true}',
+        "[" * 100_000 + "]" * 100_000,
+    ],
+)
+async def test_unwritable_or_too_deep_json_is_400_and_touches_nothing(
+    client, task_factory, base_dir, raw
+):
+    task_factory("task_a")
+    resp = await client.request(
+        "DELETE", URL, data=raw.encode(), headers={"Content-Type": "application/json"}
+    )
+    body = await resp.json()
+    assert resp.status == 400 and body["code"] == 400
+    assert (base_dir / "task_a").is_dir()

@@ -255,3 +255,19 @@ def test_sigkill_between_record_and_purge_finishes_the_deletion(
     record = pg.task("task_a")
     assert record is None if delete_records else record["directory_exists"] is False
     assert os.listdir(base_dir / ".trash") == []
+
+
+async def test_purge_failure_after_records_were_deleted_leaves_the_remains_in_the_trash(
+    client, task_factory, base_dir, pg, immutable
+):
+    task_dir = task_factory("task_a", files=10)
+    immutable(task_dir / "vector_bak" / "embedding.csv")
+
+    status, body = await delete(client, "task_a", delete_database_records=True)
+
+    (failed,) = body["data"]["failed_tasks"]
+    assert failed["error_code"] == "PURGE_FAILED" and "回收区" in failed["error"]
+    assert pg.task("task_a") is None
+    assert not task_dir.exists()  # no record says it exists: it is not put back
+    (remains,) = [p for holder in (base_dir / ".trash").iterdir() for p in holder.iterdir()]
+    assert sorted(p.name for p in remains.rglob("*")) == ["embedding.csv", "vector_bak"]

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 
 import pluggy
 import pytest
 
-from service import hookspecs, keys
+from service import fs, hookspecs, keys
 from service.app import create_app
 from service.errors import TaskFailed, Veto
 from service.hookrunner import run_hook
 from service.hookspecs import hookimpl
+from service.pipeline import BatchContext, DeleteOptions
 from tests.conftest import tree_snapshot
 
 URL = "/api/v0/data_pipeline/tasks"
@@ -260,4 +262,52 @@ async def test_without_a_detach_implementation_nothing_is_recorded(
     body = await delete(client, "task_a")
     assert body["data"]["failed_tasks"][0]["error_code"] == "DELETE_FAILED"
     assert (base_dir / "task_a").is_dir()
+    assert pg.task("task_a")["directory_exists"] is True
+
+
+class SlowDetach:
+    """Detaches like the built-in, slowly, so the request can be cancelled meanwhile."""
+
+    @hookimpl(tryfirst=True)
+    async def dptask_detach_directory(self, task):
+        def slow():
+            time.sleep(0.3)
+            return fs.detach(task.path, task.settings.trash_dir)
+
+        return await asyncio.to_thread(slow)
+
+
+@pytest.mark.parametrize("plugins", [[SlowDetach()]])
+async def test_a_request_cancelled_during_detach_leaves_the_task_whole(
+    client, task_factory, base_dir, pg
+):
+    task_factory("task_a", files=7)
+    before = tree_snapshot(base_dir / "task_a")
+    batch = BatchContext(["task_a"], DeleteOptions(), request_id="r", client=None)
+    deletion = asyncio.ensure_future(client.app[keys.DELETER].delete_batch(batch))
+    await asyncio.sleep(0.1)  # the rename is under way in its thread
+    deletion.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await deletion
+    assert tree_snapshot(base_dir / "task_a") == before
+    assert list((base_dir / ".trash").iterdir()) == []
+    assert pg.task("task_a")["directory_exists"] is True
+
+
+class BrokenPurge:
+    @hookimpl(tryfirst=True)
+    def dptask_purge_directory(self, task, path):
+        raise RuntimeError("purge plugin broke")
+
+
+@pytest.mark.parametrize("plugins", [[BrokenPurge()]])
+async def test_a_raising_purge_plugin_is_a_purge_failure_with_the_remains_back(
+    client, task_factory, base_dir, pg
+):
+    task_factory("task_a", files=7)
+    before = tree_snapshot(base_dir / "task_a")
+    body = await delete(client, "task_a")
+    (failed,) = body["data"]["failed_tasks"]
+    assert failed["error_code"] == "PURGE_FAILED"
+    assert tree_snapshot(base_dir / "task_a") == before
     assert pg.task("task_a")["directory_exists"] is True

@@ -30,6 +30,8 @@ def test_reconcile_reports_then_fixes_and_deletes_nothing_but_trash(
     make_task_dir(base_dir, "vector_bak")  # protected: never a task
     insert_task(pg, "task_done", directory_exists=False)  # committed, left in the trash
     fs.detach(make_task_dir(base_dir, "task_done"), base_dir / ".trash")
+    insert_task(pg, "task_uncommitted")  # a crash between the rename and the commit
+    fs.detach(make_task_dir(base_dir, "task_uncommitted"), base_dir / ".trash")
     insert_task(pg, "task_fine")
     make_task_dir(base_dir, "task_fine")
     kept = {
@@ -39,10 +41,10 @@ def test_reconcile_reports_then_fixes_and_deletes_nothing_but_trash(
     report = run_reconcile(workdir, database_url)
     assert report.returncode == 1
     out = report.stdout
-    assert "records whose directory is missing: 1\n  task_lost" in out
+    assert "records whose directory is missing: 2\n  task_lost\n  task_uncommitted" in out
     assert "directories recorded as deleted: 1\n  task_back" in out
     assert "directories with no record (left alone): 1\n  task_orphan" in out
-    assert "trash left behind: 1" in out and "task_done" in out
+    assert "trash left behind: 2" in out and "task_done" in out
     assert "vector_bak" not in out and "task_fine" not in out
     assert pg.task("task_lost")["directory_exists"] is True  # a report changes nothing
 
@@ -50,6 +52,9 @@ def test_reconcile_reports_then_fixes_and_deletes_nothing_but_trash(
     assert pg.task("task_lost")["directory_exists"] is False
     assert pg.task("task_back")["directory_exists"] is True
     assert pg.task("task_fine")["directory_exists"] is True
+    # Never committed as deleted: put back, not purged.
+    assert (base_dir / "task_uncommitted" / "task_config.json").exists()
+    assert pg.task("task_uncommitted")["directory_exists"] is True
     assert os.listdir(base_dir / ".trash") == []
     for name, snapshot in kept.items():
         assert tree_snapshot(base_dir / name) == snapshot  # nothing but trash is deleted

@@ -43,7 +43,7 @@ class AuditLog:
         if self._fd is None:
             raise RuntimeError("audit log is not open")
         line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-        await asyncio.to_thread(os.write, self._fd, line.encode())
+        await asyncio.to_thread(os.write, self._fd, line.encode("utf-8", "backslashreplace"))
 
     async def _task(self, task: TaskContext, result: dict[str, Any], outcome: str) -> None:
         await self.write(
