@@ -247,6 +247,10 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> ServiceProcess:
+        # Whatever answers on a busy port is not this service: refuse to start.
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise RuntimeError(f"port {self.port} is already in use by another process")
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, str(ROOT / "run.py"), "--config", str(self.config),
