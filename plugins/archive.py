@@ -151,40 +151,72 @@ def write_archive(src: Path, dest: Path, fmt: str, level: int, min_free_bytes: i
 
 
 def _add_tree(tar: tarfile.TarFile, src: Path) -> tuple[int, int]:
-    """Add ``src`` under its own name; return (members, bytes of regular files)."""
-    members = size = 0
-    _add(tar, _tarinfo(src, src.name), src)
-    dirs = [(src, src.name)]  # directories still to list; only names are held
-    while dirs:
-        directory, prefix = dirs.pop()
-        with os.scandir(directory) as entries:
-            names = sorted(e.name for e in entries)
-        for name in names:
-            path, arcname = directory / name, f"{prefix}/{name}"
-            info = _tarinfo(path, arcname)
-            _add(tar, info, path)
+    """Add ``src`` under its own name; return (members, bytes of regular files).
+
+    Every entry is opened relative to its directory's descriptor, with
+    O_NOFOLLOW and an inode check against its lstat: a symlink swapped in
+    while the tree is archived is never followed. One descriptor is open per
+    level of depth; a directory's names are the only list held.
+    """
+    root = os.open(src, fs.DIR_FLAGS)
+    stack = [(root, src.name, iter(_names(root)))]
+    members, size = 1, 0
+    try:
+        _add(tar, _member(os.fstat(root), src.name, ""), None)
+        while stack:
+            fd, prefix, names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                os.close(fd)
+                stack.pop()
+                continue
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            link = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else ""
+            info = _member(st, f"{prefix}/{name}", link)
             members += 1
-            size += info.size if info.isreg() else 0
+            if info.isreg():
+                size += info.size
+                _add(tar, info, _open_same(name, fd, st, os.O_RDONLY | os.O_NOFOLLOW))
+            else:
+                _add(tar, info, None)
             if info.isdir():
-                dirs.append((path, arcname))
-    return members + 1, size
+                child = _open_same(name, fd, st, fs.DIR_FLAGS)
+                stack.append((child, info.name, iter(_names(child))))
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+    return members, size
 
 
-def _add(tar: tarfile.TarFile, info: tarfile.TarInfo, path: Path) -> None:
-    if info.isreg():
-        with open(path, "rb") as f:
-            tar.addfile(info, f)
-    else:
+def _names(fd: int) -> list[str]:
+    with os.scandir(fd) as entries:
+        return sorted(e.name for e in entries)
+
+
+def _open_same(name: str, dir_fd: int, st: os.stat_result, flags: int) -> int:
+    """Open the entry that was just lstat-ed, and nothing swapped in since."""
+    fd = os.open(name, flags | os.O_CLOEXEC, dir_fd=dir_fd)
+    now = os.fstat(fd)
+    if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+        os.close(fd)
+        raise ArchiveError(f"{name} 在归档期间被替换")
+    return fd
+
+
+def _add(tar: tarfile.TarFile, info: tarfile.TarInfo, fd: int | None) -> None:
+    if fd is None:
         tar.addfile(info)
+    else:
+        with os.fdopen(fd, "rb") as f:
+            tar.addfile(info, f)
     tar.members.clear()  # tarfile keeps every member otherwise: memory would grow
 
 
-def _tarinfo(path: Path, arcname: str) -> tarfile.TarInfo:
+def _member(st: os.stat_result, arcname: str, linkname: str) -> tarfile.TarInfo:
     """A member from one lstat. Not ``TarFile.gettarinfo``: that looks up the
     owner's name per file and remembers every inode (for hard links), which
     costs time and memory in proportion to the tree. Hard-linked files are
     stored as copies; restoring gives the same bytes."""
-    st = os.lstat(path)  # a symlink stays a link
     info = tarfile.TarInfo(arcname)
     info.mode = stat.S_IMODE(st.st_mode)
     # Whole seconds, as tar keeps them: a fractional mtime costs a PAX header per member.
@@ -195,9 +227,9 @@ def _tarinfo(path: Path, arcname: str) -> tarfile.TarInfo:
     elif stat.S_ISDIR(st.st_mode):
         info.type = tarfile.DIRTYPE
     elif stat.S_ISLNK(st.st_mode):
-        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+        info.type, info.linkname = tarfile.SYMTYPE, linkname
     else:  # sockets, fifos, devices have no place in pipeline output
-        raise ArchiveError(f"{path} 不是普通文件、目录或符号链接，无法归档")
+        raise ArchiveError(f"{arcname} 不是普通文件、目录或符号链接，无法归档")
     return info
 
 

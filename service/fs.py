@@ -20,7 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Opens a directory, never through a symlink at its name.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Unlinking a file that has data often waits on the disk, not the CPU (on ext4
 # mounted with `discard`, ~0.1 ms per file for a synchronous discard): more
 # threads than cores keep the disk busy. See bench/bench_purge.py.
@@ -138,7 +139,7 @@ def walk_tree(root: Path, *, remove: bool) -> TreeStats:
     except FileNotFoundError:
         return total  # already gone (another process's sweep): nothing to count
     try:
-        root_fd = os.open(root, _DIR_FLAGS)
+        root_fd = os.open(root, DIR_FLAGS)
     except OSError as e:
         total.fail(".", _reason(e))
         return total
@@ -258,10 +259,10 @@ class _Walk:
 def _open_dir(root_fd: int, rel: str) -> int:
     """Open ``rel`` below ``root_fd`` one name at a time, each with O_NOFOLLOW:
     no symlink anywhere on the way is followed, and no depth is too deep."""
-    fd = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
+    fd = os.open(".", DIR_FLAGS, dir_fd=root_fd)
     for name in rel.split("/") if rel else ():
         try:
-            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            child = os.open(name, DIR_FLAGS, dir_fd=fd)
         finally:
             os.close(fd)
         fd = child

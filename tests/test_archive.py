@@ -212,3 +212,28 @@ async def test_min_free_bytes_refuses_before_writing(client, task_factory, workd
     assert failed["error_code"] == "ARCHIVE_FAILED" and "min_free_bytes" in failed["error"]
     assert task_dir.is_dir()
     assert leftovers(workdir / "archives") == []
+
+
+def test_an_entry_swapped_for_a_symlink_while_archiving_is_not_followed(tmp_path):
+    """The archive walk opens what it lstat-ed, or fails: never a link's target."""
+    from plugins.archive import ArchiveError, _open_same, write_archive
+
+    task = make_task_dir(tmp_path, "task_swap", files=3)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside the task")
+    victim = task / "table_0.ddl"
+    st = os.lstat(victim)
+    victim.unlink()
+    victim.symlink_to(secret)  # swapped after the lstat
+    dir_fd = os.open(task, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises((ArchiveError, OSError)):
+            _open_same("table_0.ddl", dir_fd, st, os.O_RDONLY | os.O_NOFOLLOW)
+    finally:
+        os.close(dir_fd)
+
+    link = tmp_path / "task_link"
+    link.symlink_to(task)
+    with pytest.raises(ArchiveError):
+        write_archive(link, tmp_path / "out.tar.gz", "tar.gz", 1, 0)
+    assert list(tmp_path.glob("*.tar.gz")) == [] and list(tmp_path.glob(".*partial")) == []
