@@ -294,7 +294,7 @@ class Deleter:
             await run_hook(self.pm, hook, **kwargs)
         except TaskFailed:
             pass  # run_hook logged it with the traceback
-        except DatabaseError:
+        except (DatabaseError, TaskLocked):
             log.exception("observer_database_error", hook=hook)
 
 
