@@ -16,15 +16,21 @@ from pathlib import Path
 from typing import Any
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "server": {"host": "127.0.0.1", "port": 8084},
+    "server": {
+        "host": "127.0.0.1",
+        "port": 8084,
+        "header_timeout": 10.0,
+        "body_timeout": 30.0,
+        "max_connections": 512,
+    },
     "tasks": {
         "base_dir": "data_pipeline/training_data",
         "id_pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
         "protected": ["vector_bak"],
     },
-    "database": {"url": ""},
+    "database": {"url": "", "timeout": 5.0, "lock_timeout": 2.0, "schema_wait": 60.0},
     "audit": {"path": "var/audit.log"},
-    "limits": {"max_task_ids": 1000},
+    "limits": {"max_task_ids": 1000, "purge_threads": 8, "walk_descriptors": 256},
     "plugins": {"enabled": [], "entry_points": True},
     "auth": {"tokens": [], "allow_anonymous": False},
 }
@@ -67,6 +73,17 @@ class Settings:
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokens: tuple[Token, ...] = ()
     allow_anonymous: bool = False
+    # Seconds: a slow client's headers and body are cut off after these.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 512
+    # Seconds: every database call; a row or DDL lock wait; start-up DDL retries.
+    db_timeout: float = 5.0
+    db_lock_timeout: float = 2.0
+    schema_wait: float = 60.0
+    # The process-wide purge pool, and the descriptors all walks together may hold.
+    purge_threads: int = 8
+    walk_descriptors: int = 256
 
     @property
     def var_dir(self) -> Path:
@@ -210,6 +227,17 @@ def _build(root: Path, v: dict[str, dict[str, Any]], plugins_raw: dict[str, Any]
     max_ids = v["limits"]["max_task_ids"]
     if max_ids < 1:
         raise SettingsError(f"settings: limits.max_task_ids must be at least 1, got {max_ids}")
+    _at_least(v, "limits", "purge_threads", 1)
+    _at_least(v, "limits", "walk_descriptors", 16)
+    _at_least(v, "server", "max_connections", 1)
+    for section, key in (
+        ("server", "header_timeout"),
+        ("server", "body_timeout"),
+        ("database", "timeout"),
+        ("database", "lock_timeout"),
+        ("database", "schema_wait"),
+    ):
+        _at_least(v, section, key, 0.001, "positive")
     return Settings(
         root=root,
         host=v["server"]["host"],
@@ -225,7 +253,24 @@ def _build(root: Path, v: dict[str, dict[str, Any]], plugins_raw: dict[str, Any]
         plugin_options={k: t for k, t in plugins_raw.items() if isinstance(t, dict)},
         tokens=v["auth"]["tokens"],
         allow_anonymous=v["auth"]["allow_anonymous"],
+        header_timeout=float(v["server"]["header_timeout"]),
+        body_timeout=float(v["server"]["body_timeout"]),
+        max_connections=v["server"]["max_connections"],
+        db_timeout=float(v["database"]["timeout"]),
+        db_lock_timeout=float(v["database"]["lock_timeout"]),
+        schema_wait=float(v["database"]["schema_wait"]),
+        purge_threads=v["limits"]["purge_threads"],
+        walk_descriptors=v["limits"]["walk_descriptors"],
     )
+
+
+def _at_least(
+    v: dict[str, dict[str, Any]], section: str, key: str, minimum: float, what: str = ""
+) -> None:
+    value = v[section][key]
+    if value < minimum:
+        bound = what or f"at least {minimum}"
+        raise SettingsError(f"settings: {section}.{key} must be {bound}, got {value}")
 
 
 def _resolve(root: Path, value: str) -> Path:
