@@ -37,6 +37,9 @@ DIRECTORY_BUSY = "DIRECTORY_BUSY"
 NO_SPACE = "NO_SPACE"
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 DETACH_FAILED = "DETACH_FAILED"
+# The audit line of a deletion cannot be written: nothing is deleted.
+AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
+AUDIT_UNAVAILABLE_MESSAGE = "审计日志不可写，暂停删除，请稍后重试"
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,10 @@ class NotFound(ApiError):
 class ServiceUnavailable(ApiError):
     status = 503
     default_message = "数据库暂时不可用，请稍后重试"
+
+
+class AuditUnavailableError(ServiceUnavailable):
+    default_message = AUDIT_UNAVAILABLE_MESSAGE
 
 
 def envelope(

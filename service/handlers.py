@@ -57,7 +57,10 @@ async def delete_tasks(request: web.Request) -> web.Response:
     settings = request.app[keys.SETTINGS]
     task_ids, options = await params.delete_body(request, settings.max_task_ids)
     # Fail the whole request (503) before any directory is touched when the
-    # database is away: every task would fail its record step anyway.
+    # database is away (every task would fail its record step anyway), or when
+    # the audit cannot be written (no deletion without its audit line).
+    if not options.dry_run:
+        await request.app[keys.DELETER].ready_to_delete()
     await request.app[keys.DB].ping()
     batch = BatchContext(
         task_ids=task_ids,

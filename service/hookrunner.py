@@ -68,3 +68,17 @@ async def run_hook(pm: pluggy.PluginManager, name: str, /, **kwargs: Any) -> Any
                 return result
             results.append(result)
     return None if firstresult else results
+
+
+async def run_observers(pm: pluggy.PluginManager, name: str, /, **kwargs: Any) -> None:
+    """Call every implementation of observer hook ``name``: one that raises
+    (anything at all) is logged with its plugin's name, and the next one still
+    runs. An observer can never change an outcome, nor silence another."""
+    caller = getattr(pm.hook, name)
+    for impl in reversed(caller.get_hookimpls()):
+        try:
+            result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("observer_error", plugin=_label(impl), hook=name)

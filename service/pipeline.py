@@ -1,5 +1,5 @@
 """The deletion pipeline: one task's deletion as a sequence of hooks, and a
-batch of them (DESIGN.md §3).
+batch of them.
 
 For one task:
   0. the id is validated before anything else: no hook ever sees a path built
@@ -11,28 +11,51 @@ For one task:
   5. dptask_update_records, then COMMIT: on any failure up to the commit the
      directory is renamed back and the task fails;
   6. dptask_purge_directory: removal and counting in worker threads;
-  7. dptask_after_delete / dptask_delete_failed: the audit line.
+  7. dptask_after_delete / dptask_delete_failed: every observer, then the
+     audit line, which the pipeline writes itself so that no plugin can
+     prevent, reorder or alter it.
+
+A dry run takes no lock and no task slot: it reads the record as it is
+(``Database.peek_task``) and walks the tree without removing, reporting what
+the real run could not remove with the code the real run would give.
+
+A COMMIT whose outcome is unknown (the database hung or went away during it)
+is resolved by reading the record back: the tree is purged if the deletion
+was committed and put back if not. While the database does not answer, the
+tree waits in the trash and a background task settles it when it does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 import structlog
 
 from service import errors, fs
-from service.db import Database, DatabaseError, TaskLocked, TaskTransaction
+from service.audit import AuditLog, AuditUnavailable, batch_record, task_record
+from service.db import (
+    CommitUnknown,
+    Database,
+    DatabaseError,
+    DatabaseUnavailable,
+    TaskLocked,
+    TaskTransaction,
+)
 from service.errors import TaskFailed, Veto
 from service.formatting import format_size, iso
-from service.hookrunner import run_hook
+from service.hookrunner import run_hook, run_observers
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.trash import Trash
 
 log = structlog.get_logger("service")
 
@@ -43,6 +66,10 @@ _RECORD_FAILED = {
     True: "数据库记录更新失败，目录已恢复，任务未删除",
     False: "数据库记录更新失败，目录暂留回收区，重启服务时放回，任务未删除",
 }
+_COMMIT_UNKNOWN = "数据库提交结果未知，目录暂留回收区，数据库恢复后按记录放回或清除"
+# How long a task waits for an answer about an unknown COMMIT, or for the
+# lock before putting a failed purge's remains back, before it gives up.
+_SETTLE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -72,18 +99,12 @@ class TaskContext:
     request_id: str
     client: str | None
     actor: str = "anonymous"
-    transaction: TaskTransaction | None = None
+    transaction: TaskTransaction | None = None  # None in dry runs: they take no lock
+    record: dict[str, Any] | None = None
+    running_steps: list[str] = field(default_factory=list)
     directory_exists: bool = False
     now: datetime = field(default_factory=datetime.now)
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def record(self) -> dict[str, Any] | None:
-        return self.transaction.record if self.transaction else None
-
-    @property
-    def running_steps(self) -> list[str]:
-        return self.transaction.running_steps if self.transaction else []
 
 
 def id_problem(task_id: Any, settings: Settings) -> str | None:
@@ -99,12 +120,22 @@ def id_problem(task_id: Any, settings: Settings) -> str | None:
 
 
 class Deleter:
-    """Deletes tasks for one application: its settings, database and plugins."""
+    """Deletes tasks for one application: its settings, database, trash, audit and plugins."""
 
-    def __init__(self, settings: Settings, db: Database, pm: pluggy.PluginManager) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        pm: pluggy.PluginManager,
+        trash: Trash,
+        audit: AuditLog,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.pm = pm
+        self.trash = trash
+        self.audit = audit
+        self._settling: set[asyncio.Task[None]] = set()  # trees left for an unknown COMMIT
 
     async def delete_batch(self, batch: BatchContext) -> dict[str, Any]:
         started_at = datetime.now()
@@ -121,8 +152,8 @@ class Deleter:
             await asyncio.gather(*(one(i) for i in range(len(ids))))
         else:
             for i, task_id in enumerate(ids):
-                results[i] = await self.delete_one(task_id, batch)
-                if not results[i][0]:
+                results[i] = result = await self.delete_one(task_id, batch)
+                if not result[0]:
                     break
 
         done = [r for r in results if r is not None]
@@ -142,7 +173,8 @@ class Deleter:
                 "skipped": len(skipped),
             },
         }
-        await self._notify("dptask_batch_finished", batch=batch, data=data)
+        await run_observers(self.pm, "dptask_batch_finished", batch=batch, data=data)
+        await self._audit("delete_request", batch_record(batch, data))
         return data
 
     async def delete_one(self, task_id: str, batch: BatchContext) -> tuple[bool, dict[str, Any]]:
@@ -161,7 +193,8 @@ class Deleter:
         try:
             if problem:
                 raise TaskFailed(errors.INVALID_TASK_ID, problem)
-            ok, result = True, await self._delete(task)
+            run = self._dry_run if batch.options.dry_run else self._delete
+            ok, result = True, await run(task)
         except TaskFailed as e:
             ok, result = False, _failure(task_id, e.code, e.message, **e.details)
         except TaskLocked:
@@ -177,54 +210,112 @@ class Deleter:
             ok, result = False, _failure(task_id, errors.DELETE_FAILED, "删除任务时发生内部错误")
         result["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
         hook = "dptask_after_delete" if ok else "dptask_delete_failed"
-        await self._notify(hook, task=task, result=result)
+        await run_observers(self.pm, hook, task=task, result=result)
+        await self._audit("task_delete", task_record(task, result, "deleted" if ok else "failed"))
         return ok, result
 
+    async def _check(self, task: TaskContext) -> None:
+        """The pre-delete checks, then the before-removal hooks."""
+        task.directory_exists = await asyncio.to_thread(os.path.lexists, task.path)
+        vetoes = _flatten(await run_hook(self.pm, "dptask_check_delete", task=task))
+        if vetoes:
+            raise TaskFailed(
+                vetoes[0].code,
+                vetoes[0].message,
+                vetoes=[{"code": v.code, "message": v.message} for v in vetoes],
+            )
+        for extra in await run_hook(self.pm, "dptask_before_removal", task=task):
+            task.extra.update(extra)
+
+    async def _dry_run(self, task: TaskContext) -> dict[str, Any]:
+        """What a real run would do, with no lock and no task slot held while walking."""
+        task.record, task.running_steps = await self.db.peek_task(task.task_id)
+        await self._check(task)
+        stats = fs.TreeStats()
+        if task.directory_exists:
+            stats = await asyncio.to_thread(self.trash.dry_run_stats, task.task_id)
+            if stats.error_count:
+                raise TaskFailed(
+                    errors.PURGE_FAILED,
+                    f"目录无法完全删除: {stats.error_count} 个条目无法删除",
+                    deleted_files_count=stats.files,
+                    deleted_bytes=stats.bytes,
+                    errors=stats.errors,
+                )
+        records = task.options.delete_database_records and task.record is not None
+        return _success(task, task.directory_exists, records, stats)
+
     async def _delete(self, task: TaskContext) -> dict[str, Any]:
-        pm, opts = self.pm, task.options
+        pm = self.pm
         detached: Path | None = None  # the tree, while it is in the trash and not committed
         restored: bool | None = None  # whether a detached tree went back after a failure
+        moved: _MovedThenFailed | None = None
         try:
             async with self.db.task_transaction(task.task_id) as tx:
                 task.transaction = tx
-                task.directory_exists = await asyncio.to_thread(os.path.lexists, task.path)
-                vetoes = _flatten(await run_hook(pm, "dptask_check_delete", task=task))
-                if vetoes:
-                    raise TaskFailed(
-                        vetoes[0].code,
-                        vetoes[0].message,
-                        vetoes=[{"code": v.code, "message": v.message} for v in vetoes],
-                    )
-                for extra in await run_hook(pm, "dptask_before_removal", task=task):
-                    task.extra.update(extra)
-                if opts.dry_run:
-                    tx.rollback_only = True
-                    stats = fs.TreeStats()
-                    if task.directory_exists:
-                        stats = await asyncio.to_thread(fs.walk_tree, task.path, remove=False)
-                    records = opts.delete_database_records and tx.record is not None
-                    return _success(task, task.directory_exists, records, stats)
+                task.record, task.running_steps = tx.record, tx.running_steps
+                await self._check(task)
                 try:
                     if task.directory_exists:
+                        await self._reserve_audit()
                         detached = await self._detach(task)
                     task.now = datetime.now()
                     records_deleted = bool(await run_hook(pm, "dptask_update_records", task=task))
+                except _MovedThenFailed as e:
+                    # Whatever moved it, the directory is not in its place: say so.
+                    await tx.set_directory_exists(False, datetime.now())
+                    moved = e
                 except BaseException:
                     # Put it back while the lock is still held, before the ROLLBACK:
                     # no other request may see the task half-deleted.
                     if detached is not None:
                         restored, detached = await self._reattach(task, detached), None
                     raise
+        except CommitUnknown as e:
+            if detached is None:
+                raise
+            committed = await self._committed(task)
+            if committed is None:  # still no answer: settle it when the database is back
+                self._settle_later(task, detached)
+                raise TaskFailed(errors.DATABASE_ERROR, _COMMIT_UNKNOWN) from e
+            if not committed:
+                restored = await self._reattach(task, detached)
+                raise TaskFailed(errors.DATABASE_ERROR, _RECORD_FAILED[restored]) from e
+            log.info("commit_confirmed", task_id=task.task_id)
         except DatabaseError as e:
             if detached is not None:  # the COMMIT itself failed
                 restored = await self._reattach(task, detached)
             if restored is not None:
                 raise TaskFailed(errors.DATABASE_ERROR, _RECORD_FAILED[restored]) from e
             raise
+        if moved is not None:
+            raise TaskFailed(errors.DETACH_FAILED, _MOVED_THEN_FAILED) from moved.__cause__
         # Committed: from here on the tree is the trash's, whatever happens.
         return _success(
             task, detached is not None, records_deleted, await self._purge(task, detached)
         )
+
+    async def ready_to_delete(self) -> None:
+        """Raise ``AuditUnavailableError`` (503) while the audit cannot be written."""
+        try:
+            await asyncio.to_thread(self.audit.reserve)
+        except AuditUnavailable as e:
+            raise errors.AuditUnavailableError() from e
+
+    async def _reserve_audit(self) -> None:
+        """No deletion without its audit line: make sure it can be written first."""
+        try:
+            await asyncio.to_thread(self.audit.reserve)
+        except AuditUnavailable as e:
+            raise TaskFailed(errors.AUDIT_UNAVAILABLE, errors.AUDIT_UNAVAILABLE_MESSAGE) from e
+
+    async def _audit(self, event: str, record: dict[str, Any]) -> None:
+        """Write an audit line. A failure puts the audit in its failed state, in
+        which no deletion starts (503) until the audit is writable again."""
+        try:
+            await self.audit.write(event, **record)
+        except AuditUnavailable:
+            log.error("audit_write_failed", audit_event=event, task_id=record.get("task_id"))
 
     async def _detach(self, task: TaskContext) -> Path:
         # The rename finishes in its thread even if this request is cancelled:
@@ -236,6 +327,13 @@ class Deleter:
             if (detached := await detach) is not None:
                 await self._reattach(task, detached)
             raise
+        except Exception as e:
+            # A detach that fails may fail after its rename (the built-in does
+            # not, but a plugin may): the record must not then say "in place".
+            if not await asyncio.to_thread(os.path.lexists, task.path):
+                log.error("detach_failed_after_move", task_id=task.task_id)
+                raise _MovedThenFailed() from e
+            raise
         if detached is None:  # the record must not say "gone" while it is not
             raise TaskFailed(errors.DELETE_FAILED, "没有插件移走任务目录，任务未删除")
         return detached
@@ -244,11 +342,38 @@ class Deleter:
         """Rename the tree back; False when it could not be (it stays in the trash,
         and the start-up sweep puts it back: its record still says it exists)."""
         try:
-            await asyncio.to_thread(fs.reattach, detached, task.path)
+            await asyncio.to_thread(self.trash.reattach, detached, task.task_id)
             return True
         except OSError:
             log.exception("reattach_failed", task_id=task.task_id, trash=str(detached))
             return False
+
+    async def _committed(self, task: TaskContext) -> bool | None:
+        """Whether the deletion was committed, read back once the database
+        answers; None when it has not answered within the bound."""
+        deadline = time.monotonic() + _SETTLE_SECONDS
+        while True:
+            try:
+                record, _ = await self.db.peek_task(task.task_id)
+                return deletion_committed(record)
+            except DatabaseUnavailable:
+                if time.monotonic() > deadline:
+                    return None
+                await asyncio.sleep(1)
+
+    def _settle_later(self, task: TaskContext, detached: Path) -> None:
+        async def settle() -> None:
+            while (committed := await self._committed(task)) is None:
+                pass
+            if committed:
+                with contextlib.suppress(TaskFailed):  # a partial purge puts the remains back
+                    await self._purge(task, detached)
+            else:
+                await self._keep_remains(task, detached)
+
+        job = asyncio.create_task(settle())
+        self._settling.add(job)
+        job.add_done_callback(self._settling.discard)
 
     async def _purge(self, task: TaskContext, detached: Path | None) -> fs.TreeStats:
         if detached is None:
@@ -262,40 +387,54 @@ class Deleter:
             stats = fs.TreeStats()
             stats.fail(".", "没有插件清除目录")
         if stats.error_count:
-            await self._keep_remains(task, detached, stats)
+            restored = await self._keep_remains(task, detached)
+            where = "已放回任务目录" if restored else "留在回收区，由重启时的清理处理"
+            raise TaskFailed(
+                errors.PURGE_FAILED,
+                f"目录未能完全删除: {stats.error_count} 个条目无法删除，剩余内容{where}",
+                deleted_files_count=stats.files,
+                deleted_bytes=stats.bytes,
+                errors=stats.errors,
+            )
         return stats
 
-    async def _keep_remains(self, task: TaskContext, detached: Path, stats: fs.TreeStats) -> None:
-        """Purge failed part-way. Record that the directory exists, then put
-        what is left back: a crash between the two leaves a tree in the trash
-        whose record says it exists, which the start-up sweep puts back. With
-        the records deleted there is nothing to say it exists: the remains stay
-        in the trash, for the sweep to purge again."""
-        restored = False
-        try:
-            async with self.db.task_transaction(task.task_id) as tx:
-                recorded = await tx.set_directory_exists(True, datetime.now())
-            if recorded:
-                restored = await self._reattach(task, detached)
-        except (DatabaseError, TaskLocked):
-            log.exception("purge_remains_not_recorded", task_id=task.task_id)
-        where = "已放回任务目录" if restored else "留在回收区，由重启时的清理处理"
-        raise TaskFailed(
-            errors.PURGE_FAILED,
-            f"目录未能完全删除: {stats.error_count} 个条目无法删除，剩余内容{where}",
-            deleted_files_count=stats.files,
-            deleted_bytes=stats.bytes,
-            errors=stats.errors,
-        )
+    async def _keep_remains(self, task: TaskContext, detached: Path) -> bool:
+        """Put a tree that is not (wholly) deleted back: record that the
+        directory exists, then rename it back; True when it is back. A crash
+        between the two leaves a tree in the trash whose record says it exists,
+        which the start-up sweep puts back. With the records deleted there is
+        nothing to say it exists: the remains stay in the trash, for the sweep
+        to purge again. While another request holds the task's lock, wait for
+        it (within a bound) rather than leave the tree in the trash."""
+        deadline = time.monotonic() + _SETTLE_SECONDS
+        while True:
+            try:
+                async with self.db.task_transaction(task.task_id) as tx:
+                    recorded = await tx.set_directory_exists(True, datetime.now())
+                break
+            except TaskLocked:
+                if time.monotonic() > deadline:
+                    log.error("purge_remains_locked", task_id=task.task_id)
+                    return False
+                await asyncio.sleep(0.2)
+            except DatabaseError:
+                log.exception("purge_remains_not_recorded", task_id=task.task_id)
+                return False
+        return recorded and await self._reattach(task, detached)
 
-    async def _notify(self, hook: str, **kwargs: Any) -> None:
-        """Call an observer hook; its failure is logged, never the outcome."""
-        try:
-            await run_hook(self.pm, hook, **kwargs)
-        except TaskFailed:
-            pass  # run_hook logged it with the traceback
-        except (DatabaseError, TaskLocked):
-            log.exception("observer_database_error", hook=hook)
+
+class _MovedThenFailed(Exception):
+    """A detach hook failed after the directory had left its place."""
+
+
+_MOVED_THEN_FAILED = "移走任务目录的插件出错，目录已不在原处，记录已标记为不存在"
+
+
+def deletion_committed(record: dict[str, Any] | None) -> bool:
+    """Whether a record says its task's deletion was committed: the record is
+    gone, or says the directory does not exist. A tree in the trash whose
+    record says otherwise was never committed, and goes back."""
+    return record is None or record["directory_exists"] is False
 
 
 def _flatten(results: list[Veto | list[Veto]]) -> list[Veto]:
