@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,10 +143,9 @@ def test_a_short_write_leaves_no_partial_line_and_stops_deletions_until_there_is
         audit.reserve()
         assert audit.failed is None
         audit.write_line(record(i))
-        assert [r["task_id"] for r in lines(audit.path)][-2:] == [
-            f"task_{i - 1:06d}",
-            f"task_{i:06d}",
-        ]
+        tail = lines(audit.path)[-3:]
+        assert [r.get("task_id") for r in tail] == [f"task_{i - 1:06d}", None, f"task_{i:06d}"]
+        assert tail[1]["event"] == "audit_resumed" and tail[1]["after"]
     finally:
         audit.close()
 
@@ -172,6 +172,53 @@ def test_writers_sharing_the_file_never_leave_a_partial_line(small_fs: Path):
     finally:
         for audit in logs:
             audit.close()
+
+
+FSIZE_CHILD = """
+import json, resource, sys
+from pathlib import Path
+from service.builtin.audit import AuditLog, AuditUnavailable
+
+audit = AuditLog(Path(sys.argv[1]))
+audit.open()
+audit.reserve()
+audit.write_line({"event": "task_delete", "task_id": "before"})
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (audit.path.stat().st_size + 300, hard))
+out = {"written": 0}
+try:
+    for i in range(100):
+        audit.write_line({"event": "task_delete", "task_id": f"t{i}", "pad": "x" * 70})
+        out["written"] += 1
+except AuditUnavailable as e:
+    out["failed"] = audit.failed
+try:
+    audit.reserve()  # there is space: only a real line shows the file is not writable
+    out["reserved_while_limited"] = True
+except AuditUnavailable:
+    out["reserved_while_limited"] = False
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+audit.reserve()
+out["failed_after"] = audit.failed
+print(json.dumps(out))
+"""
+
+
+def test_a_file_size_limit_fails_the_log_until_a_real_line_can_be_written(tmp_path: Path):
+    # A real RLIMIT_FSIZE in a process of its own: the write past it is short (EFBIG after
+    # the bytes up to the limit), and fallocate(KEEP_SIZE) still succeeds under it.
+    path = tmp_path / "audit.log"
+    child = subprocess.run(
+        [sys.executable, "-c", FSIZE_CHILD, str(path)],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    out = json.loads(child.stdout.splitlines()[-1])
+    assert out["failed"].startswith("只写入了") and out["written"] == 2  # then a short write
+    assert out["reserved_while_limited"] is False
+    assert out["failed_after"] is None
+    records = lines(path)
+    assert [r.get("task_id") for r in records] == ["before", "t0", "t1", None]
+    assert records[-1]["event"] == "audit_resumed"
 
 
 @needs_root

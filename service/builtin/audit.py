@@ -24,8 +24,9 @@ just before it detaches each task's directory:
   the write and the cut, so the cut never removes another process's line.
 - A failed write puts the log in a failed state (``failed`` says why): every
   ``reserve()`` raises until one finds the file writable again (it reopens the
-  file if it was deleted or moved, and reserves anew); so deletions stop
-  until the audit can record them.
+  file if it was deleted or moved, reserves anew, and writes an
+  ``audit_resumed`` line, which proves it and marks the gap); so deletions
+  stop until the audit can record them.
 
 The lines are JSON with non-ASCII text as it is, except the characters that
 line-based readers take for line breaks (``str.splitlines`` splits on
@@ -129,7 +130,8 @@ class AuditLog:
         self.path = path
         self.failed: str | None = None  # why the last write failed, until a reserve() succeeds
         self._fd: int | None = None
-        self._lock = threading.Lock()  # flock does not exclude the threads of one process
+        # flock does not exclude the threads of one process; reentrant for reserve()'s probe line
+        self._lock = threading.RLock()
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +157,16 @@ class AuditLog:
                 log.error("audit_unavailable", path=str(self.path), reason=reason)
                 raise AuditUnavailable(f"审计日志不可写: {reason}") from e
             if self.failed is not None:
-                log.warning("audit_recovered", path=str(self.path), after=self.failed)
+                # Space is not all a write needs (a file size limit, a read-only file system,
+                # EIO): only a real line proves the file writable again, and it marks the gap.
+                self.write_line(
+                    {
+                        "timestamp": iso(datetime.now()),
+                        "event": "audit_resumed",
+                        "after": self.failed,
+                    }
+                )
+                log.warning("audit_resumed", path=str(self.path), after=self.failed)
                 self.failed = None
 
     def _reopen_if_replaced(self) -> None:
