@@ -62,8 +62,9 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c
 _libc.fallocate.restype = ctypes.c_int
 
 # Line breaks to ``str.splitlines`` that ``json.dumps`` leaves raw with ensure_ascii=False.
-# (It escapes every control character below U+0020 itself: \v, \f, \x1c..\x1e.)
-_LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
+# (It escapes every control character below U+0020 itself: \v, \f, \x1c..\x1e.) A
+# str.translate table: the service log's JSON renderer can use it too.
+LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
 
 
 class AuditUnavailable(Exception):
@@ -82,7 +83,7 @@ def _fallocate_keep_size(fd: int, offset: int, length: int) -> None:
 
 def encode_line(record: dict[str, Any]) -> bytes:
     """One record as one line of UTF-8 JSON, whatever its strings hold."""
-    text = json.dumps(record, ensure_ascii=False, default=str).translate(_LINE_BREAKS)
+    text = json.dumps(record, ensure_ascii=False, default=str).translate(LINE_BREAKS)
     # A lone surrogate cannot be UTF-8: written as its JSON escape, it stays valid JSON.
     return (text + "\n").encode("utf-8", "backslashreplace")
 
