@@ -1,11 +1,16 @@
 """Request validation: the list query and the DELETE body (DESIGN.md §2).
 
 Each bad input raises ``BadRequest`` (or ``MissingParams``) with a message
-that names the parameter; nothing is read by truthiness.
+that names the parameter; nothing is read by truthiness. Nothing ambiguous is
+guessed at either: a key twice in a JSON object (at any depth: which one would
+win is the parser's whim, and ``"confirm": false, "confirm": true`` must not
+mean true), ``NaN``/``Infinity`` (not JSON), and a query parameter given twice
+are refused.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +45,9 @@ def _encodable(value: Any) -> bool:
     return True
 
 
-_INT = re.compile(r"-?[0-9]{1,12}")  # ASCII digits only; used with fullmatch
+_INT = re.compile(r"-?[0-9]+")  # ASCII digits only; used with fullmatch
+# More significant digits than this is out of any bound (and int() of it needs no limit).
+_MAX_DIGITS = 18
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,11 @@ class IntParam:
     def parse(self, name: str, raw: str) -> int:
         if not _INT.fullmatch(raw):
             raise BadRequest(f"{name} 必须是整数", invalid_params=[name])
-        value = int(raw)
+        if len(raw.lstrip("-").lstrip("0")) > _MAX_DIGITS:
+            # A huge number is still an integer: out of range, and told the range.
+            value = -(10**_MAX_DIGITS) if raw.startswith("-") else 10**_MAX_DIGITS
+        else:
+            value = int(raw)
         if value < self.minimum or (self.maximum is not None and value > self.maximum):
             bounds = (
                 f"在 {self.minimum} 到 {self.maximum} 之间"
@@ -95,6 +106,8 @@ def list_query(query: MultiMapping[str]) -> dict[str, Any]:
     """The list query's values by name (``None`` for an absent filter)."""
     values = {}
     for name, param in LIST_QUERY.items():
+        if len(query.getall(name, ())) > 1:  # which one would count is a guess: refuse
+            raise BadRequest(f"重复的查询参数: {name}", invalid_params=[name])
         raw = query.get(name)
         values[name] = param.default if raw is None else param.parse(name, raw)
     if values["directory_exists"] is not None:
@@ -121,10 +134,30 @@ def delete_body_schema(max_task_ids: int) -> dict[str, Any]:
     }
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in obj:
+            raise BadRequest(f"重复的参数: {name}", invalid_params=[name])
+        obj[name] = value
+    return obj
+
+
+def _constant(name: str) -> Any:
+    raise BadRequest("请求体不是有效的JSON: 不允许 NaN/Infinity")
+
+
+def parse_json(text: str) -> Any:
+    """Strict JSON: ``BadRequest`` for a duplicate key (at any depth) or NaN/Infinity;
+    ``ValueError`` or ``RecursionError`` for text that is not JSON."""
+    return json.loads(text, object_pairs_hook=_object, parse_constant=_constant)
+
+
 async def delete_body(request: web.Request, max_task_ids: int) -> tuple[list[str], DeleteOptions]:
     try:
-        body: Any = await request.json()
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, empty, or nested too deep
+        body: Any = parse_json(await request.text())
+    # Not JSON, not in its charset (or an unknown charset), empty, or nested too deep.
+    except (ValueError, LookupError, RecursionError):
         body = None
     if not isinstance(body, dict):
         raise BadRequest("请求体必须是JSON对象")
