@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from service.builtin.audit import AuditLog, AuditUnavailable, encode_line
+from service.audit import AuditLog, AuditUnavailable, batch_record, encode_line, task_record
 from service.pipeline import BatchContext, DeleteOptions, TaskContext
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs / loop ext4 (root)")
@@ -177,7 +177,7 @@ def test_writers_sharing_the_file_never_leave_a_partial_line(small_fs: Path):
 FSIZE_CHILD = """
 import json, resource, sys
 from pathlib import Path
-from service.builtin.audit import AuditLog, AuditUnavailable
+from service.audit import AuditLog, AuditUnavailable
 
 audit = AuditLog(Path(sys.argv[1]))
 audit.open()
@@ -267,10 +267,10 @@ async def test_a_message_with_line_separators_is_one_audit_line(tmp_path: Path, 
     task = TaskContext("task_1", None, options, settings, "req-1", "127.0.0.1")
     batch = BatchContext(["task_1"], options, "req-1", "127.0.0.1")
     try:
-        await audit.dptask_delete_failed(task, {"error": BREAKS, "error_code": "PLUGIN_ERROR"})
-        await audit.dptask_after_delete(task, {"deleted_files_count": 1})
-        data = {"summary": {"total_requested": 1}}
-        await audit.dptask_batch_finished(batch, data)
+        failure = {"error": BREAKS, "error_code": "PLUGIN_ERROR"}
+        await audit.write("task_delete", **task_record(task, failure, "failed"))
+        await audit.write("task_delete", **task_record(task, {"deleted_files_count": 1}, "deleted"))
+        await audit.write("delete_request", **batch_record(batch, {"summary": {"failed": 1}}))
     finally:
         audit.close()
     text = audit.path.read_text()

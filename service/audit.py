@@ -1,5 +1,7 @@
-"""Built-in audit: one JSON line per task outcome and one per request, appended
-to ``audit.path`` and emitted on the service log.
+"""The audit: one JSON line per task outcome and one per request, appended
+to ``audit.path`` and emitted on the service log. The deletion pipeline
+writes them itself, after the observer hooks, so that no plugin can prevent,
+reorder or alter a deletion's audit line.
 
 The audit fails closed. No task may be deleted unless its line can be written,
 so the pipeline calls ``AuditLog.reserve()`` (blocking, in a worker thread)
@@ -46,13 +48,14 @@ import os
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from service.formatting import iso
-from service.hookspecs import hookimpl
-from service.pipeline import BatchContext, TaskContext
+
+if TYPE_CHECKING:
+    from service.pipeline import BatchContext, TaskContext
 
 log = structlog.get_logger("audit")
 
@@ -247,15 +250,3 @@ class AuditLog:
         record = {"timestamp": iso(datetime.now()), "event": event, **fields}
         log.info(event, **fields)
         await asyncio.to_thread(self.write_line, record)
-
-    @hookimpl
-    async def dptask_after_delete(self, task: TaskContext, result: dict[str, Any]) -> None:
-        await self.write("task_delete", **task_record(task, result, "deleted"))
-
-    @hookimpl
-    async def dptask_delete_failed(self, task: TaskContext, result: dict[str, Any]) -> None:
-        await self.write("task_delete", **task_record(task, result, "failed"))
-
-    @hookimpl
-    async def dptask_batch_finished(self, batch: BatchContext, data: dict[str, Any]) -> None:
-        await self.write("delete_request", **batch_record(batch, data))
