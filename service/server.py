@@ -60,22 +60,23 @@ BODY_TIMEOUT_MESSAGE = "请求体发送超时"
 
 
 class ThrottledLog:
-    """At most one log line per kind per ``interval``; the next line says how
-    many were held back (``suppressed``)."""
+    """At most one log line per kind per ``interval``; the next line of that
+    kind says how many were held back (``suppressed``)."""
 
     def __init__(self, interval: float = LOG_INTERVAL) -> None:
         self.interval = interval
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
 
-    def warning(self, kind: str, **fields: Any) -> None:
+    def warning(self, event: str, *, kind: str | None = None, **fields: Any) -> None:
+        kind = kind or event
         now = time.monotonic()
         last = self._last.get(kind)
         if last is not None and now - last < self.interval:
             self._held[kind] = self._held.get(kind, 0) + 1
             return
         self._last[kind] = now
-        log.warning(kind, suppressed=self._held.pop(kind, 0), **fields)
+        log.warning(event, suppressed=self._held.pop(kind, 0), **fields)
 
 
 def connection_limit(
@@ -187,19 +188,16 @@ def body_timeout_middleware(timeout: float) -> Any:
 
 
 def loop_exception_handler(throttled: ThrottledLog) -> Callable[..., None]:
-    """The loop's errors as throttled JSON lines, never a plain traceback."""
+    """The loop's errors as throttled JSON lines (a traceback inside the line,
+    not on its own lines), instead of asyncio's multi-line text."""
 
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        message = context.get("message", "")
+        message = str(context.get("message", ""))
         exc = context.get("exception")
-        if "accept()" in message:
+        if "accept()" in message:  # EMFILE and friends; asyncio retries every second
             throttled.warning("accept_failed", error=str(exc))
             return
-        throttled.warning(
-            "event_loop_error",
-            message=message,
-            error=repr(exc) if exc is not None else None,
-        )
+        throttled.warning("event_loop_error", kind=message, message=message, exc_info=exc)
 
     return handle
 
