@@ -21,7 +21,7 @@ from service.db import DatabaseError
 from service.demo import create_demo_tasks
 from service.logs import configure_logging
 from service.reconcile import reconcile
-from service.server import serve
+from service.server import ListenError, serve
 from service.settings import Settings, SettingsError, check_exposure, load_settings
 
 
@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: Settings) -> int:
     try:
         serve(create_app(settings), settings)
-    except OSError as e:
-        return _fail(f"cannot listen on {settings.host}:{settings.port}: {e.strerror or e}")
+    except ListenError as e:
+        return _fail(f"cannot listen on {settings.host}:{settings.port}: {e.strerror}")
+    except OSError as e:  # at start-up: an embedded database, the audit file
+        return _fail(f"cannot start: {e}")
     return 0
 
 

@@ -59,6 +59,10 @@ BUSY_MESSAGE = "服务繁忙，请稍后重试"
 BODY_TIMEOUT_MESSAGE = "请求体发送超时"
 
 
+class ListenError(OSError):
+    """The listening socket could not be opened (the port is busy, say)."""
+
+
 class ThrottledLog:
     """At most one log line per kind per ``interval``; the next line of that
     kind says how many were held back (``suppressed``)."""
@@ -204,8 +208,8 @@ def loop_exception_handler(throttled: ThrottledLog) -> Callable[..., None]:
 
 def serve(app: web.Application, settings: Settings) -> None:
     """Serve ``app`` on ``settings.host:port`` until SIGINT or SIGTERM. Raises
-    ``OSError`` when the port cannot be listened on (after the app's start-up,
-    as ``web.run_app`` did)."""
+    ``ListenError`` when the port cannot be listened on (after the app's
+    start-up, as ``web.run_app`` did)."""
     asyncio.run(_serve(app, settings))
 
 
@@ -234,7 +238,10 @@ async def _serve(app: web.Application, settings: Settings) -> None:
         limit = connection_limit(settings.max_connections, settings.walk_descriptors, soft)
         assert runner.server is not None
         site = BoundedSite(runner, host, port, ConnectionLimiter(runner.server, limit, throttled))
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            raise ListenError(e.errno, e.strerror or str(e)) from e
         log.info(
             "connection_limit",
             max_connections=limit,
