@@ -19,7 +19,8 @@ Design notes:
 - Connection bound. The protocol factory (``ConnectionLimiter``) keeps open
   connections at ``connection_limit()``: ``max_connections`` clamped below the
   process's ``RLIMIT_NOFILE`` soft limit, leaving room for the database pool,
-  the walks' descriptors and a fixed reserve. At the bound, a new connection
+  the walks' descriptors, a fixed reserve and one backlog of accepts (whose
+  evicted connections close a loop iteration later). At the bound, a new connection
   evicts the oldest connection that has no request in progress (an idle
   or slow client: the one that has held its slot longest); when every
   connection is busy the new one gets a 503 envelope and is closed. So an
@@ -55,6 +56,9 @@ DB_POOL_SIZE = 10  # Database.connect's default maxsize
 # Descriptors besides the pool and the walks: stdio, the listening socket,
 # epoll and its self-pipe, the audit file, an embedded database's pipes, imports.
 FIXED_RESERVE = 64
+# asyncio accepts up to ``backlog`` connections in one loop iteration, and the
+# ones they evict close only at the next: the bound leaves room for them too.
+BACKLOG = 128
 BUSY_MESSAGE = "服务繁忙，请稍后重试"
 BODY_TIMEOUT_MESSAGE = "请求体发送超时"
 
@@ -86,13 +90,14 @@ class ThrottledLog:
 def connection_limit(
     max_connections: int, walk_descriptors: int, soft_limit: int | None = None
 ) -> int:
-    """``max_connections``, clamped so that connections, the database pool,
-    the walks and a fixed reserve fit under the descriptor soft limit."""
+    """``max_connections``, clamped so that connections (and those a burst of
+    accepts is still evicting), the database pool, the walks and a fixed
+    reserve fit under the descriptor soft limit."""
     if soft_limit is None:
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft_limit == resource.RLIM_INFINITY:
         return max_connections
-    room = soft_limit - walk_descriptors - DB_POOL_SIZE - FIXED_RESERVE
+    room = soft_limit - walk_descriptors - DB_POOL_SIZE - FIXED_RESERVE - BACKLOG
     return max(1, min(max_connections, room))
 
 
@@ -159,7 +164,7 @@ class BoundedSite(web.BaseSite):
     __slots__ = ("_factory", "_host", "_port")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, factory: Callable) -> None:
-        super().__init__(runner)
+        super().__init__(runner, backlog=BACKLOG)
         self._host, self._port, self._factory = host, port, factory
 
     @property

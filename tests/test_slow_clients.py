@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import resource
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.server import FIXED_RESERVE, connection_limit
+from service.server import BACKLOG, FIXED_RESERVE, connection_limit
 
 URL = "/api/v0/data_pipeline/tasks"
 TOKEN = "slow-clients-secret"
@@ -109,19 +110,29 @@ def close_all(sockets: list[socket.socket]) -> None:
         s.close()
 
 
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 @pytest.mark.skipif(not Path("/usr/bin/prlimit").exists(), reason="needs prlimit (util-linux)")
+# 2 s: slow clients are also cut off while the 1,100 are opened; 60 s: only the
+# connection bound (evicting the oldest idle connection) keeps the service answering.
+@pytest.mark.parametrize("header_timeout", [2, 60])
 def test_an_authenticated_request_is_answered_while_1100_idle_connections_are_open(
-    service_factory,
+    service_factory, header_timeout
 ):
     # Started under a 1,024-descriptor limit with max_connections above it: the
     # service must clamp its bound at start-up, and say the number once.
     with nofile_soft_limit(1024):
-        service = service_factory(settings_text=settings_text(max_connections=2000))
-    prlimit(service.proc.pid, 1024, 1024)
+        text = settings_text(max_connections=2000, header_timeout=header_timeout)
+        service = service_factory(settings_text=text)
+    pid = service.proc.pid
+    prlimit(pid, 1024, 1024)
 
     sockets: list[socket.socket] = []
     try:
         open_idle(service.port, 1100, sockets)
+        assert open_descriptors(pid) < 1024 - 256
         started = time.monotonic()
         resp = requests.get(f"{service.url}{URL}", headers=AUTH, timeout=10)
         assert resp.status_code == 200 and resp.json()["success"] is True
@@ -132,9 +143,12 @@ def test_an_authenticated_request_is_answered_while_1100_idle_connections_are_op
         close_all(sockets)
     time.sleep(0.5)  # let the last lines be written
     assert_only_small_json(service.log)
-    (limit_line,) = [e for e in json_lines(service.log) if e["event"] == "connection_limit"]
+    events = json_lines(service.log)
+    (limit_line,) = [e for e in events if e["event"] == "connection_limit"]
     assert limit_line["configured"] == 2000
-    assert 1 <= limit_line["max_connections"] <= 1024 - 256 - FIXED_RESERVE
+    assert 1 <= limit_line["max_connections"] <= 1024 - 256 - FIXED_RESERVE - BACKLOG
+    if header_timeout == 60:  # the bound was reached, and said so (once per 10 s)
+        assert 1 <= len([e for e in events if e["event"] == "connection_evicted"]) <= 3
 
 
 def test_headers_sent_too_slowly_get_the_connection_closed(service_factory):
@@ -273,5 +287,5 @@ def test_accept_running_out_of_descriptors_is_one_json_line_not_a_traceback(serv
 
 def test_the_connection_bound_leaves_room_under_the_descriptor_limit():
     assert connection_limit(512, 256, soft_limit=100_000) == 512
-    assert connection_limit(2000, 256, soft_limit=1024) == 1024 - 256 - 10 - FIXED_RESERVE
+    assert connection_limit(2000, 256, soft_limit=1024) == 1024 - 256 - 10 - FIXED_RESERVE - BACKLOG
     assert connection_limit(512, 256, soft_limit=300) == 1  # never zero
