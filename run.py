@@ -16,14 +16,12 @@ import asyncio
 import sys
 from pathlib import Path
 
-import structlog
-from aiohttp import web
-
 from service.app import create_app, open_database
 from service.db import DatabaseError
 from service.demo import create_demo_tasks
 from service.logs import configure_logging
 from service.reconcile import reconcile
+from service.server import ListenError, serve
 from service.settings import Settings, SettingsError, check_exposure, load_settings
 
 
@@ -78,17 +76,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    url = f"http://{settings.host}:{settings.port}"
     try:
-        web.run_app(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            access_log=None,  # one access line per request comes from our middleware
-            print=lambda _: structlog.get_logger("service").info("serving", url=url),
-        )
-    except OSError as e:
-        return _fail(f"cannot listen on {settings.host}:{settings.port}: {e.strerror or e}")
+        serve(create_app(settings), settings)
+    except ListenError as e:
+        return _fail(f"cannot listen on {settings.host}:{settings.port}: {e.strerror}")
+    except OSError as e:  # at start-up: an embedded database, the audit file
+        return _fail(f"cannot start: {e}")
     return 0
 
 

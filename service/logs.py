@@ -1,6 +1,7 @@
 """Logging through structlog: JSON lines when stdout is not a terminal, a
-readable console format when it is; a request id bound per request, and one
-access line per request."""
+readable console format when it is; the standard library's loggers through
+the same renderer, so nothing reaches stdout as plain text; a request id bound
+per request, and one access line per request."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def configure_logging(stream: TextIO | None = None, *, json_lines: bool | None = None) -> None:
+    """structlog, and the standard library's loggers (asyncio, aiohttp, and
+    any a plugin uses) rendered by the same processors onto the same stream:
+    one JSON line per record, a traceback inside it, never plain text."""
     stream = stream or sys.stdout
     if json_lines is None:
         json_lines = not stream.isatty()
@@ -30,18 +34,35 @@ def configure_logging(stream: TextIO | None = None, *, json_lines: bool | None =
         if json_lines
         else structlog.dev.ConsoleRenderer()
     )
+    exc_info = structlog.processors.format_exc_info if json_lines else structlog.dev.set_exc_info
+    stamped = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=False),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=False),
-            structlog.processors.format_exc_info if json_lines else structlog.dev.set_exc_info,
-            renderer,
-        ],
+        processors=[structlog.contextvars.merge_contextvars, *stamped, exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_logger_name,
+                *stamped,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
 
 
 @web.middleware

@@ -4,8 +4,11 @@ command, and the log it writes."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +18,9 @@ from pathlib import Path
 
 import pytest
 import requests
+import structlog
 
+from service.logs import configure_logging
 from tests.conftest import ROOT, free_port
 
 URL = "/api/v0/data_pipeline/tasks"
@@ -209,3 +214,62 @@ def is_json_object(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except ValueError:
         return False
+
+
+def test_stdlib_log_records_are_json_lines_with_their_traceback_inside():
+    # asyncio and aiohttp log through the standard library: their records must
+    # come out as the service's JSON lines, never as plain text.
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_structlog = structlog.get_config()
+    stream = io.StringIO()
+    try:
+        configure_logging(stream, json_lines=True)
+        try:
+            raise OSError(24, "Too many open files")
+        except OSError:
+            logging.getLogger("asyncio").exception("socket.accept() out of system resource")
+        logging.getLogger("aiohttp.server").warning("plain %s", "warning")
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        structlog.configure(**saved_structlog)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    accept, warning = (json.loads(line) for line in lines)
+    assert accept["event"] == "socket.accept() out of system resource"
+    assert accept["logger"] == "asyncio" and accept["level"] == "error"
+    assert "Too many open files" in accept["exception"] and accept["timestamp"]
+    assert warning == {**warning, "event": "plain warning", "level": "warning"}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_service_cleanly(workdir, base_dir, env, signum):
+    port = free_port()
+    out, err = workdir / "stdout.log", workdir / "stderr.log"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "--port", str(port)],
+            cwd=workdir, env=env, stdout=stdout, stderr=stderr,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, "never answered"
+            try:
+                requests.get(f"http://127.0.0.1:{port}{URL}", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        proc.send_signal(signum)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert err.read_text() == ""
+    events = [json.loads(line)["event"] for line in out.read_text().splitlines()]
+    assert "serving" in events and "request" in events
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}{URL}", timeout=2)
