@@ -25,6 +25,7 @@ from service.demo import create_demo_tasks
 from service.logs import configure_logging
 from service.reconcile import reconcile
 from service.settings import Settings, SettingsError, check_exposure, load_settings
+from service.trash import TrashUnsafe
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -113,13 +114,16 @@ async def _restore(settings: Settings, archive: Path) -> int:
         async with open_database(settings) as db:
             print(await restore(settings, db, archive))
         return 0
-    except ArchiveError as e:
+    except (ArchiveError, TrashUnsafe) as e:
         return _fail(str(e))
 
 
 async def _reconcile(settings: Settings, fix: bool) -> int:
-    async with open_database(settings) as db:
-        found = await reconcile(settings, db, fix=fix)
+    try:
+        async with open_database(settings) as db:
+            found = await reconcile(settings, db, fix=fix)
+    except TrashUnsafe as e:
+        return _fail(str(e))
     print("\n".join(found.lines()))
     return 0 if found.consistent else 1
 

@@ -33,6 +33,7 @@ from service.errors import TaskFailed, Veto
 from service.formatting import format_size, iso
 from service.hookrunner import run_hook
 from service.settings import Settings
+from service.trash import Trash
 
 log = structlog.get_logger("service")
 
@@ -105,6 +106,8 @@ class Deleter:
         self.settings = settings
         self.db = db
         self.pm = pm
+        # TODO(lead): the app's Trash, set by create_app until Deleter takes it.
+        self.trash: Trash = Trash(settings.base_dir)
 
     async def delete_batch(self, batch: BatchContext) -> dict[str, Any]:
         started_at = datetime.now()
@@ -201,7 +204,7 @@ class Deleter:
                     tx.rollback_only = True
                     stats = fs.TreeStats()
                     if task.directory_exists:
-                        stats = await asyncio.to_thread(fs.walk_tree, task.path, remove=False)
+                        stats = await asyncio.to_thread(self.trash.dry_run_stats, task.task_id)
                     records = opts.delete_database_records and tx.record is not None
                     return _success(task, task.directory_exists, records, stats)
                 try:
@@ -244,7 +247,7 @@ class Deleter:
         """Rename the tree back; False when it could not be (it stays in the trash,
         and the start-up sweep puts it back: its record still says it exists)."""
         try:
-            await asyncio.to_thread(fs.reattach, detached, task.path)
+            await asyncio.to_thread(self.trash.reattach, detached, task.task_id)
             return True
         except OSError:
             log.exception("reattach_failed", task_id=task.task_id, trash=str(detached))

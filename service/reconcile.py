@@ -17,7 +17,8 @@ from pathlib import Path
 
 from service.db import Database, TaskLocked
 from service.settings import Settings
-from service.sweep import sweep_trash, trash_entries
+from service.sweep import sweep_trash
+from service.trash import Trash
 
 
 @dataclass
@@ -62,34 +63,45 @@ def task_directories(settings: Settings) -> set[str]:
     }
 
 
-async def survey(settings: Settings, db: Database) -> Reconciliation:
+async def survey(settings: Settings, db: Database, trash: Trash) -> Reconciliation:
     """Where records and disk disagree now; changes nothing."""
     flags = await db.directory_flags()
     on_disk = await asyncio.to_thread(task_directories, settings)
-    trash = await asyncio.to_thread(trash_entries, settings.trash_dir)
+    entries = await asyncio.to_thread(trash.entries)
     return Reconciliation(
         missing_directories=sorted(t for t, e in flags.items() if e and t not in on_disk),
         unflagged_directories=sorted(t for t, e in flags.items() if not e and t in on_disk),
         unrecorded_directories=sorted(on_disk - flags.keys()),
-        trash=[str(p.relative_to(settings.base_dir)) for p in trash],
+        trash=[str(e.label.relative_to(settings.base_dir)) for e in entries],
     )
 
 
 async def reconcile(settings: Settings, db: Database, *, fix: bool) -> Reconciliation:
+    trash = Trash(settings.base_dir)
+    await asyncio.to_thread(trash.open)  # TrashUnsafe: refused, with its line
+    try:
+        return await _reconcile(settings, db, trash, fix=fix)
+    finally:
+        trash.close()
+
+
+async def _reconcile(
+    settings: Settings, db: Database, trash: Trash, *, fix: bool
+) -> Reconciliation:
     if not fix:
-        return await survey(settings, db)
+        return await survey(settings, db, trash)
     # The trash first: a tree whose deletion was never committed goes back
     # before any record is judged by what is on disk.
-    swept = await sweep_trash(settings, db)
-    found = await survey(settings, db)
-    in_trash = {Path(t).name for t in found.trash}  # deletions in flight elsewhere
+    swept = await sweep_trash(trash, settings, db)
+    found = await survey(settings, db, trash)
+    in_trash = {e.task_id for e in await asyncio.to_thread(trash.entries)}  # in flight elsewhere
     fixed, locked = [], list(swept.left)
     for task_id in found.missing_directories + found.unflagged_directories:
         if task_id not in in_trash and await _fix_flag(settings, db, task_id):
             fixed.append(task_id)
         else:
             locked.append(task_id)
-    result = await survey(settings, db)
+    result = await survey(settings, db, trash)
     result.fixed = [*fixed, *(f"trash: {t} restored" for t in swept.restored)]
     result.fixed += [f"trash: {t} purged" for t in swept.purged]
     result.locked = locked

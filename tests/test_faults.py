@@ -269,5 +269,6 @@ async def test_purge_failure_after_records_were_deleted_leaves_the_remains_in_th
     assert failed["error_code"] == "PURGE_FAILED" and "回收区" in failed["error"]
     assert pg.task("task_a") is None
     assert not task_dir.exists()  # no record says it exists: it is not put back
-    (remains,) = [p for holder in (base_dir / ".trash").iterdir() for p in holder.iterdir()]
+    (remains,) = (base_dir / ".trash").iterdir()  # <token>.<task_id>
+    assert remains.name.endswith(".task_a")
     assert sorted(p.name for p in remains.rglob("*")) == ["embedding.csv", "vector_bak"]

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from service import fs
+from service.trash import Trash
 from tests.conftest import ROOT, insert_task, make_task_dir, tree_snapshot
 
 
@@ -29,9 +29,11 @@ def test_reconcile_reports_then_fixes_and_deletes_nothing_but_trash(
     make_task_dir(base_dir, "task_orphan")  # no record
     make_task_dir(base_dir, "vector_bak")  # protected: never a task
     insert_task(pg, "task_done", directory_exists=False)  # committed, left in the trash
-    fs.detach(make_task_dir(base_dir, "task_done"), base_dir / ".trash")
+    make_task_dir(base_dir, "task_done")
+    Trash(base_dir).detach("task_done")
     insert_task(pg, "task_uncommitted")  # a crash between the rename and the commit
-    fs.detach(make_task_dir(base_dir, "task_uncommitted"), base_dir / ".trash")
+    make_task_dir(base_dir, "task_uncommitted")
+    Trash(base_dir).detach("task_uncommitted")
     insert_task(pg, "task_fine")
     make_task_dir(base_dir, "task_fine")
     kept = {
