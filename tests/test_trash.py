@@ -8,13 +8,15 @@ out of inodes (ENOSPC), a process out of descriptors (EMFILE).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -375,3 +377,91 @@ def test_out_of_descriptors(tmp_path: Path, opened: str) -> None:
     else:
         assert result["code"] == "RESOURCE_EXHAUSTED" and "描述符" in result["message"]
         assert tree_snapshot(task) == before
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+async def eventually(done: Callable[[], bool], within: float = 120) -> None:
+    """The background sweep's work, awaited without a tight margin."""
+    deadline = time.monotonic() + within
+    while not done():
+        assert time.monotonic() < deadline, "the background sweep never finished"
+        await asyncio.sleep(0.05)
+
+
+async def wait_until_empty(directory: Path) -> None:
+    await eventually(lambda: not any(directory.iterdir()))
+
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+async def test_start_up_puts_back_before_listening_and_purges_in_the_background(
+    aiohttp_client, settings, base_dir, pg
+):
+    # Two trees a crash left: one never committed, one committed and large.
+    trash = base_dir / ".trash"
+    trash.mkdir(mode=0o700)
+    await (await aiohttp_client(create_app(settings))).close()  # the schema, an empty trash
+    insert_task(pg, "task_kept")
+    insert_task(pg, "task_gone", directory_exists=False)
+    kept = make_task_dir(base_dir, "task_kept", files=20)
+    before = tree_snapshot(kept)
+    kept.rename(trash / f"{TOKEN}.task_kept")
+    gone = trash / f"{TOKEN[::-1]}.task_gone"
+    gone.mkdir()
+    for d in range(30):
+        (gone / f"d{d}").mkdir()
+        for i in range(1000):
+            (gone / f"d{d}" / f"t_{i}.ddl").touch()
+
+    client = await aiohttp_client(create_app(settings))
+
+    # Serving: the uncommitted tree is already back, the large purge not done.
+    assert tree_snapshot(kept) == before
+    assert gone.exists()
+    resp = await client.get(f"{URL}?limit=5")
+    assert resp.status == 200
+    await wait_until_empty(trash)
+    assert pg.task("task_gone")["directory_exists"] is False
+    assert pg.task("task_kept")["directory_exists"] is True
+
+
+@root_only
+async def test_the_sweep_understands_the_layouts_earlier_versions_left(
+    aiohttp_client, settings, base_dir, workdir, pg
+):
+    await (await aiohttp_client(create_app(settings))).close()  # the schema
+    trash = base_dir / ".trash"
+    layout = {
+        # .trash/<token>/<task_id>: a deletion never committed, and one committed
+        trash / ("a" * 32) / "task_old_kept": True,
+        trash / ("b" * 32) / "task_old_gone": False,
+        # .restore-<token>/<task_id>: a restore committed, and one not
+        base_dir / f".restore-{'c' * 32}" / "task_restored": True,
+        base_dir / f".restore-{'d' * 32}" / "task_not_restored": False,
+    }
+    snapshots = {}
+    for path, exists in layout.items():
+        insert_task(pg, path.name, directory_exists=exists)
+        make_task_dir(path.parent, path.name)
+        snapshots[path.name] = tree_snapshot(path)
+    # Whoever can write base_dir plants a holder that leads out of it.
+    outside = workdir / "home"
+    decoy(outside)
+    (base_dir / f".restore-{'e' * 32}").symlink_to(outside)
+    (outside / "task_not_restored").mkdir()
+    home = tree_snapshot(outside)
+
+    await aiohttp_client(create_app(settings))
+    await eventually(lambda: not any(trash.iterdir()) and len(list(base_dir.iterdir())) == 4)
+
+    for name in ("task_old_kept", "task_restored"):
+        assert tree_snapshot(base_dir / name) == snapshots[name]
+    for name in ("task_old_gone", "task_not_restored"):
+        assert not (base_dir / name).exists()
+    assert sorted(p.name for p in base_dir.iterdir()) == [
+        ".restore-" + "e" * 32, ".trash", "task_old_kept", "task_restored"
+    ]  # fmt: skip
+    assert tree_snapshot(outside) == home
