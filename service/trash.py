@@ -189,6 +189,11 @@ class Trash:
             return False
         return True
 
+    def base_names(self) -> list[str]:
+        """The names in ``base_dir``, listed through the held descriptor."""
+        base_fd, _ = self._fds()
+        return _names(base_fd)
+
     def create(self, task_id: str) -> tuple[Path, int]:
         """A new empty directory in the trash for a tree being built (a
         restore's extraction): its label and an open descriptor (the caller
