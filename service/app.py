@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+import structlog
 from aiohttp import web
 
 from service import handlers, keys
@@ -31,6 +32,7 @@ from service.sweep import put_back, sweep_in_background
 from service.trash import Trash
 
 MAX_BODY_BYTES = 1024 * 1024
+log = structlog.get_logger("service")
 
 
 @contextlib.asynccontextmanager
@@ -85,7 +87,14 @@ def create_app(settings: Settings) -> web.Application:
 
     async def sweep(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(settings.base_dir.mkdir, parents=True, exist_ok=True)
-        await asyncio.to_thread(trash.open)  # TrashUnsafe: start-up stops with its line
+        try:
+            await asyncio.to_thread(trash.open)  # TrashUnsafe: start-up stops with its line
+        except OSError as e:
+            # No room for a new .trash (a full disk): serve anyway; each
+            # deletion tries again and says why it cannot (NO_SPACE).
+            log.error("trash_unavailable", trash=str(trash.label), error=e.strerror or str(e))
+            yield
+            return
         db = app[keys.DB]
         report = await put_back(trash, settings, db)
         report.log("trash_put_back")

@@ -211,8 +211,10 @@ class Trash:
         base_fd, trash_fd = self._fds()
         found: list[Entry] = []
         for name in _names(trash_fd):
-            _token, dot, task_id = name.partition(".")
-            if dot:
+            token, dot, task_id = name.partition(".")
+            if not _is_token(token):
+                log.error("trash_entry_unknown", trash=str(self.label / name))
+            elif dot:
                 found.append(Entry(task_id, self.label / name))
             else:  # the old layout: .trash/<token>/<task_id>
                 found += self._held_in(trash_fd, name, self.label / name, tidy)
@@ -339,6 +341,10 @@ def _open_holder(parent_fd: int, name: str) -> int:
         os.close(fd)
         raise TrashUnsafe(f"{name} 在检查期间被替换，未使用")
     return fd
+
+
+def _is_token(name: str) -> bool:
+    return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:

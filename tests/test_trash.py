@@ -135,6 +135,8 @@ def test_reconcile_refuses_a_trash_symlink_and_touches_nothing_through_it(
     service_factory().stop()  # the schema exists
     insert_task(pg, "task_a", directory_exists=False)  # a committed deletion: would be purged
     insert_task(pg, "task_c")  # recorded, no directory: --fix would flip it
+    insert_task(pg, "task_d")
+    make_task_dir(base_dir, "task_d")
     outside = workdir / "home"
     before = decoy(outside)
     os.rmdir(base_dir / ".trash")
@@ -286,6 +288,26 @@ def test_no_space_for_a_new_trash_is_no_space(tmp_path: Path) -> None:
             Trash(base).detach("task_a")
         assert failed.value.code == "NO_SPACE" and "已满" in failed.value.message
         assert (task / "task_config.json").exists()
+
+
+@root_only
+async def test_no_room_for_a_trash_at_start_up_still_serves(
+    aiohttp_client, workdir, database_url, pg
+):
+    mount = workdir / "full"
+    mount.mkdir()
+    with mounted("-t", "tmpfs", "-o", "size=4m,nr_inodes=32", "tmpfs", at=mount) as base:
+        task = make_task_dir(base, "task_a", files=3)
+        fill_inodes(base)  # before the first start: no .trash, and no inode for one
+        client = await app_on(aiohttp_client, workdir, database_url, "full")
+        insert_task(pg, "task_a")
+
+        body = await delete(client, "task_a")
+
+        assert body["data"]["failed_tasks"][0]["error_code"] == "NO_SPACE"
+        assert (task / "task_config.json").exists()
+        assert pg.task("task_a")["directory_exists"] is True
+        await client.close()
 
 
 # ---------------------------------------------------------------- each detach failure (item 13)
