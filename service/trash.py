@@ -115,6 +115,11 @@ class Trash:
                     os.close(fd)
             self._held, self._retired = None, []
 
+    def _current(self) -> tuple[int, int]:
+        """The held descriptors as they are (a tree detached through them is
+        in the directory they lead to); opened and verified when none are."""
+        return self._held or self._fds()
+
     def _fds(self) -> tuple[int, int]:
         """The held descriptors, after checking that the names still lead to
         them; re-opens (and so re-verifies) when they do not."""
@@ -164,8 +169,11 @@ class Trash:
 
     def reattach(self, detached: Path, task_id: str) -> None:
         """Put a detached tree back as ``base_dir/<task_id>``; never replaces
-        an existing entry (FileExistsError). Raises OSError when it cannot."""
-        base_fd, _ = self._fds()
+        an existing entry (FileExistsError). Raises OSError when it cannot.
+
+        Through the descriptors already held, even if ``.trash`` has been
+        swapped since: the tree is in the directory they lead to."""
+        base_fd, _ = self._current()
         with self._located(detached) as (parent_fd, name):
             _rename_noreplace(parent_fd, name, base_fd, task_id)
             _fsync_quietly(base_fd, parent_fd, task_id=task_id)
@@ -242,7 +250,7 @@ class Trash:
     def _located(self, label: Path) -> Iterator[tuple[int, str]]:
         """The descriptor of the directory holding ``label``'s tree, and its
         name there; an old layout's holder is removed once empty."""
-        base_fd, trash_fd = self._fds()
+        base_fd, trash_fd = self._current()
         match label.relative_to(self.base_dir).parts:
             case (".trash", entry) if "." in entry:
                 yield trash_fd, entry

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from service import keys
 from service.app import create_app
 from service.errors import TaskFailed
+from service.hookspecs import hookimpl
 from service.settings import load_settings
 from service.trash import Trash, TrashUnsafe
 from tests.conftest import ROOT, insert_task, make_task_dir, tree_snapshot, write_settings
@@ -358,6 +360,7 @@ OUT_OF_DESCRIPTORS = """
 import errno, json, os, resource, sys
 from pathlib import Path
 from service.errors import TaskFailed
+from service.hookspecs import hookimpl
 from service.trash import Trash
 
 base, opened_first = Path(sys.argv[1]), sys.argv[2] == "opened"
@@ -487,3 +490,40 @@ async def test_the_sweep_understands_the_layouts_earlier_versions_left(
         ".restore-" + "e" * 32, ".trash", "task_old_kept", "task_restored"
     ]  # fmt: skip
     assert tree_snapshot(outside) == home
+
+
+class SwapsTrashThenFails:
+    """Between the detach and the commit, whoever can write base_dir swaps
+    the trash for a symlink; then the record step fails."""
+
+    def __init__(self, outside: Path) -> None:
+        self.outside = outside
+
+    @hookimpl(tryfirst=True)
+    def dptask_update_records(self, task):
+        base = task.settings.base_dir
+        (base / ".trash").rename(base / "old_trash")
+        (base / ".trash").symlink_to(self.outside)
+        raise TaskFailed("RECORD_REFUSED", "记录步骤失败")
+
+
+async def test_a_tree_goes_back_even_if_the_trash_was_swapped_meanwhile(
+    aiohttp_client, settings, base_dir, workdir, pg
+):
+    outside = workdir / "home"
+    home = decoy(outside)
+    app = create_app(settings)
+    app[keys.PLUGINS].register(SwapsTrashThenFails(outside))
+    client = await aiohttp_client(app)
+    insert_task(pg, "task_a")
+    task = make_task_dir(base_dir, "task_a", files=9)
+    before = tree_snapshot(task)
+
+    body = await delete(client, "task_a")
+
+    (failed,) = body["data"]["failed_tasks"]
+    assert failed["error_code"] == "RECORD_REFUSED"
+    assert tree_snapshot(task) == before  # back, through the descriptors held
+    assert os.listdir(base_dir / "old_trash") == []
+    assert tree_snapshot(outside) == home
+    assert pg.task("task_a")["directory_exists"] is True
