@@ -162,7 +162,7 @@ class Trash:
         try:
             os.rename(task_id, entry, src_dir_fd=base_fd, dst_dir_fd=trash_fd)
         except OSError as e:
-            raise _detach_failed(e, "移入回收区") from e
+            raise _detach_failed(e, "任务目录移入回收区") from e
         # From here on the tree is in the trash: report that, whatever follows.
         _fsync_quietly(base_fd, trash_fd, task_id=task_id)
         return self.label / entry
@@ -376,26 +376,25 @@ def _fsync_quietly(*fds: int, task_id: str) -> None:
 
 # What a failed detach says, by errno: the code and the cause, in the client's words.
 _DETACH_ERRORS: dict[int, tuple[str, str]] = {
-    errno.EACCES: (errors.PERMISSION_DENIED, "没有权限移动任务目录（{e}）"),
-    errno.EPERM: (errors.PERMISSION_DENIED, "不允许移动任务目录（{e}）"),
-    errno.EROFS: (errors.PERMISSION_DENIED, "任务根目录所在的文件系统是只读的（{e}）"),
-    errno.EBUSY: (errors.DIRECTORY_BUSY, "任务目录正被占用（如是挂载点），无法移动（{e}）"),
-    errno.ENOSPC: (errors.NO_SPACE, "任务根目录所在的磁盘空间或 inode 已满（{e}）"),
-    errno.EDQUOT: (errors.NO_SPACE, "磁盘配额已用完（{e}）"),
-    errno.EMFILE: (errors.RESOURCE_EXHAUSTED, "服务进程的文件描述符已用完（{e}）"),
-    errno.ENFILE: (errors.RESOURCE_EXHAUSTED, "系统的文件描述符已用完（{e}）"),
-    errno.EXDEV: (errors.TRASH_UNSAFE, "回收区与任务目录不在同一文件系统或挂载点（{e}）"),
-    errno.ENOTDIR: (errors.TRASH_UNSAFE, "回收区 .trash 不是目录（{e}）"),
-    errno.ENOENT: (errors.DETACH_FAILED, "任务目录或回收区不存在（{e}）"),
+    errno.EACCES: (errors.PERMISSION_DENIED, "没有权限"),
+    errno.EPERM: (errors.PERMISSION_DENIED, "操作不被允许，目录可能带有不可变属性"),
+    errno.EROFS: (errors.PERMISSION_DENIED, "文件系统是只读的"),
+    errno.EBUSY: (errors.DIRECTORY_BUSY, "任务目录正被占用，可能是挂载点"),
+    errno.ENOSPC: (errors.NO_SPACE, "磁盘空间或 inode 已满"),
+    errno.EDQUOT: (errors.NO_SPACE, "磁盘配额已用完"),
+    errno.EMFILE: (errors.RESOURCE_EXHAUSTED, "服务进程的文件描述符已用完"),
+    errno.ENFILE: (errors.RESOURCE_EXHAUSTED, "系统的文件描述符已用完"),
+    errno.EXDEV: (errors.TRASH_UNSAFE, "回收区与任务目录不在同一文件系统或挂载点"),
+    errno.ENOTDIR: (errors.TRASH_UNSAFE, "回收区 .trash 不是目录"),
+    errno.ENOENT: (errors.DETACH_FAILED, "任务目录或回收区不存在"),
 }
 
 
 def _detach_failed(e: OSError, step: str) -> TaskFailed:
-    code, message = _DETACH_ERRORS.get(
-        e.errno or 0, (errors.DETACH_FAILED, "任务目录无法移入回收区（{e}）")
-    )
+    """``step``: what failed, e.g. ``任务目录移入回收区``."""
+    code, cause = _DETACH_ERRORS.get(e.errno or 0, (errors.DETACH_FAILED, "出错"))
     log.warning("detach_failed", step=step, errno=e.errno, error=e.strerror or str(e))
-    return TaskFailed(code, message.format(e=e.strerror or e))
+    return TaskFailed(code, f"{step}失败：{cause}（{e.strerror or e}），任务未删除")
 
 
 # renameat2(2) with RENAME_NOREPLACE: the check and the rename in one step.

@@ -288,7 +288,10 @@ def test_no_space_for_a_new_trash_is_no_space(tmp_path: Path) -> None:
         fill_inodes(base)
         with pytest.raises(TaskFailed) as failed:
             Trash(base).detach("task_a")
-        assert failed.value.code == "NO_SPACE" and "已满" in failed.value.message
+        assert failed.value.code == "NO_SPACE"
+        assert failed.value.message == (
+            "打开回收区失败：磁盘空间或 inode 已满（No space left on device），任务未删除"
+        )
         assert (task / "task_config.json").exists()
 
 
@@ -325,7 +328,9 @@ async def test_an_immutable_base_is_permission_denied(client, task_factory, base
     finally:
         sh("chattr", "-i", str(base_dir))
     (failed,) = body["data"]["failed_tasks"]
-    assert failed["error_code"] == "PERMISSION_DENIED" and "不允许移动任务目录" in failed["error"]
+    assert failed["error_code"] == "PERMISSION_DENIED" and failed["error"].startswith(
+        "任务目录移入回收区失败：操作不被允许"
+    )
     assert tree_snapshot(task) == before
     assert pg.task("task_a")["directory_exists"] is True
 
@@ -338,7 +343,11 @@ def test_a_task_directory_that_is_a_mount_point_is_busy(tmp_path: Path) -> None:
     with mounted("--bind", str(task), at=task):
         with pytest.raises(TaskFailed) as failed:
             Trash(base).detach("task_a")
-        assert failed.value.code == "DIRECTORY_BUSY" and "正被占用" in failed.value.message
+        assert failed.value.code == "DIRECTORY_BUSY"
+        assert failed.value.message == (
+            "任务目录移入回收区失败：任务目录正被占用，可能是挂载点"
+            "（Device or resource busy），任务未删除"
+        )
     assert tree_snapshot(task) == before and os.listdir(base / ".trash") == []
 
 
