@@ -246,19 +246,28 @@ class Trash:
         finally:
             os.close(fd)
 
+    def owns(self, path: Path) -> bool:
+        """Whether ``path`` is a label of this trash (the built-in purges
+        only those: a plugin that detaches elsewhere purges its own)."""
+        try:
+            parts = path.relative_to(self.base_dir).parts
+        except ValueError:
+            return False
+        return _parse(parts) is not None
+
     @contextlib.contextmanager
     def _located(self, label: Path) -> Iterator[tuple[int, str]]:
         """The descriptor of the directory holding ``label``'s tree, and its
         name there; an old layout's holder is removed once empty."""
         base_fd, trash_fd = self._current()
-        match label.relative_to(self.base_dir).parts:
-            case (".trash", entry) if "." in entry:
+        match _parse(label.relative_to(self.base_dir).parts):
+            case (None, entry):
                 yield trash_fd, entry
                 return
-            case (".trash", holder, task_id):
-                parent_fd = trash_fd
             case (holder, task_id) if holder.startswith(RESTORE_PREFIX):
                 parent_fd = base_fd
+            case (holder, task_id):
+                parent_fd = trash_fd
             case _:
                 raise ValueError(f"not a trash label: {label}")
         fd = _open_holder(parent_fd, holder)
@@ -349,6 +358,19 @@ def _open_holder(parent_fd: int, name: str) -> int:
         os.close(fd)
         raise TrashUnsafe(f"{name} 在检查期间被替换，未使用")
     return fd
+
+
+def _parse(parts: tuple[str, ...]) -> tuple[str | None, str] | None:
+    """A label's parts below base_dir: (None, entry) for ``.trash/<entry>``,
+    (holder, task_id) for the old layouts; None for anything else."""
+    match parts:
+        case (".trash", entry) if _is_token(entry.partition(".")[0]) and "." in entry:
+            return None, entry
+        case (".trash", holder, task_id) if _is_token(holder):
+            return holder, task_id
+        case (holder, task_id) if holder.startswith(RESTORE_PREFIX):
+            return holder, task_id
+    return None
 
 
 def _is_token(name: str) -> bool:

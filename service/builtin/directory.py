@@ -27,5 +27,7 @@ class DirectoryRemoval:
         return await asyncio.to_thread(self.trash.detach, task.task_id)
 
     @hookimpl
-    async def dptask_purge_directory(self, task: TaskContext, path: Path) -> fs.TreeStats:
+    async def dptask_purge_directory(self, task: TaskContext, path: Path) -> fs.TreeStats | None:
+        if not self.trash.owns(path):
+            return None  # detached elsewhere by a plugin: that plugin purges it
         return await asyncio.to_thread(self.trash.purge, path)
