@@ -115,6 +115,15 @@ class Trash:
                     os.close(fd)
             self._held, self._retired = None, []
 
+    def _fds_for_a_deletion(self) -> tuple[int, int]:
+        """``_fds``, with its failures in a deletion's terms (``TaskFailed``)."""
+        try:
+            return self._fds()
+        except TrashUnsafe as e:
+            raise TaskFailed(errors.TRASH_UNSAFE, str(e)) from e
+        except OSError as e:
+            raise _detach_failed(e, "打开回收区") from e
+
     def _current(self) -> tuple[int, int]:
         """The held descriptors as they are (a tree detached through them is
         in the directory they lead to); opened and verified when none are."""
@@ -152,13 +161,8 @@ class Trash:
         One ``renameat`` between held descriptors: no new inode, block or
         descriptor. Raises ``TaskFailed`` with a code that names the cause.
         """
-        try:
-            base_fd, trash_fd = self._fds()
-        except TrashUnsafe as e:
-            raise TaskFailed(errors.TRASH_UNSAFE, str(e)) from e
-        except OSError as e:
-            raise _detach_failed(e, "打开回收区") from e
-        entry = f"{uuid.uuid4().hex}.{task_id}"
+        base_fd, trash_fd = self._fds_for_a_deletion()
+        entry = f"{uuid.uuid4().hex}.{_plain(task_id)}"
         try:
             os.rename(task_id, entry, src_dir_fd=base_fd, dst_dir_fd=trash_fd)
         except OSError as e:
@@ -175,7 +179,7 @@ class Trash:
         swapped since: the tree is in the directory they lead to."""
         base_fd, _ = self._current()
         with self._located(detached) as (parent_fd, name):
-            _rename_noreplace(parent_fd, name, base_fd, task_id)
+            _rename_noreplace(parent_fd, name, base_fd, _plain(task_id))
             _fsync_quietly(base_fd, parent_fd, task_id=task_id)
 
     def purge(self, detached: Path) -> fs.TreeStats:
@@ -184,15 +188,16 @@ class Trash:
             return _walk_at(parent_fd, name, remove=True)
 
     def dry_run_stats(self, task_id: str) -> fs.TreeStats:
-        """What deleting ``base_dir/<task_id>`` would remove; changes nothing."""
-        base_fd, _ = self._fds()
-        return _walk_at(base_fd, task_id, remove=False)
+        """What deleting ``base_dir/<task_id>`` would remove; changes nothing.
+        Fails as ``detach`` would (``TaskFailed``) when the trash is unusable."""
+        base_fd, _ = self._fds_for_a_deletion()
+        return _walk_at(base_fd, _plain(task_id), remove=False)
 
     def exists(self, task_id: str) -> bool:
         """Whether ``base_dir/<task_id>`` exists (as anything, a link too)."""
         base_fd, _ = self._fds()
         try:
-            os.stat(task_id, dir_fd=base_fd, follow_symlinks=False)
+            os.stat(_plain(task_id), dir_fd=base_fd, follow_symlinks=False)
         except FileNotFoundError:
             return False
         return True
@@ -207,7 +212,7 @@ class Trash:
         restore's extraction): its label and an open descriptor (the caller
         closes it). A crash leaves it where the sweep judges it by its record."""
         _, trash_fd = self._fds()
-        entry = f"{uuid.uuid4().hex}.{task_id}"
+        entry = f"{uuid.uuid4().hex}.{_plain(task_id)}"
         os.mkdir(entry, 0o700, dir_fd=trash_fd)
         return self.label / entry, os.open(entry, fs.DIR_FLAGS, dir_fd=trash_fd)
 
@@ -358,6 +363,13 @@ def _open_holder(parent_fd: int, name: str) -> int:
         os.close(fd)
         raise TrashUnsafe(f"{name} 在检查期间被替换，未使用")
     return fd
+
+
+def _plain(task_id: str) -> str:
+    """A task id is one plain name in base_dir, whatever the caller checked."""
+    if not task_id or task_id.startswith(".") or any(c in task_id for c in "/\\\0"):
+        raise ValueError(f"not a task id: {task_id!r}")
+    return task_id
 
 
 def _parse(parts: tuple[str, ...]) -> tuple[str | None, str] | None:

@@ -168,11 +168,11 @@ async def test_a_trash_swapped_for_a_symlink_while_serving_fails_deletions(
     (base_dir / ".trash").rename(base_dir / "old_trash")
     (base_dir / ".trash").symlink_to(outside)
 
-    body = await delete(client, "task_a")
-
-    (failed,) = body["data"]["failed_tasks"]
-    assert failed["error_code"] == "TRASH_UNSAFE"
-    assert failed["error"] == "回收区 .trash 是符号链接，拒绝使用"
+    for dry_run in (True, False):  # a dry run says what the real run would
+        body = await delete(client, "task_a", dry_run=dry_run)
+        (failed,) = body["data"]["failed_tasks"]
+        assert failed["error_code"] == "TRASH_UNSAFE"
+        assert failed["error"] == "回收区 .trash 是符号链接，拒绝使用"
     assert tree_snapshot(task) == before
     assert tree_snapshot(outside) == home
     assert os.listdir(base_dir / "old_trash") == []
