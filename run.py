@@ -3,7 +3,7 @@
 python run.py [--config PATH] [--host HOST] [--port PORT]   serve the API
 python run.py demo [--count N]                              create sample tasks
 python run.py restore ARCHIVE                               put an archived task back
-python run.py reconcile [--fix]                             records vs. disk, and the trash
+python run.py reconcile [--fix [--force]]                   records vs. disk, and the trash
 
 ``--config`` works before or after the command. Every start-up problem
 (settings, database, port) ends in one line on stderr and a non-zero exit.
@@ -20,9 +20,10 @@ from service.app import create_app, open_database
 from service.db import DatabaseError
 from service.demo import create_demo_tasks
 from service.logs import configure_logging
-from service.reconcile import reconcile
+from service.reconcile import BaseDirSuspect, reconcile
 from service.server import ListenError, serve
 from service.settings import Settings, SettingsError, check_exposure, load_settings
+from service.trash import TrashUnsafe
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +53,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     reconcile_cmd.add_argument(
         "--fix", action="store_true", help="set directory_exists to the truth and sweep the trash"
     )
+    reconcile_cmd.add_argument(
+        "--force",
+        action="store_true",
+        help="fix even when base_dir is missing, empty, or on another file system than last time",
+    )
     return parser.parse_args(argv)
 
 
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "restore":
             return asyncio.run(_restore(settings, args.archive))
         if args.command == "reconcile":
-            return asyncio.run(_reconcile(settings, args.fix))
+            return asyncio.run(_reconcile(settings, args.fix, args.force))
         check_exposure(settings)
         return _serve(settings)
     except SettingsError as e:
@@ -106,13 +112,16 @@ async def _restore(settings: Settings, archive: Path) -> int:
         async with open_database(settings) as db:
             print(await restore(settings, db, archive))
         return 0
-    except ArchiveError as e:
+    except (ArchiveError, TrashUnsafe) as e:
         return _fail(str(e))
 
 
-async def _reconcile(settings: Settings, fix: bool) -> int:
-    async with open_database(settings) as db:
-        found = await reconcile(settings, db, fix=fix)
+async def _reconcile(settings: Settings, fix: bool, force: bool) -> int:
+    try:
+        async with open_database(settings) as db:
+            found = await reconcile(settings, db, fix=fix, force=force)
+    except (TrashUnsafe, BaseDirSuspect) as e:
+        return _fail(str(e))
     print("\n".join(found.lines()))
     return 0 if found.consistent else 1
 

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import grp
 import os
 import pwd
+import shutil
 import stat
 import tarfile
 import uuid
@@ -35,12 +37,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from service import fs
-from service.db import Database
+from service.db import Database, DatabaseError
 from service.errors import TaskFailed
 from service.hookspecs import hookimpl
 from service.pipeline import TaskContext, id_problem
 from service.settings import Settings, SettingsError
-from service.sweep import RESTORE_PREFIX
+from service.trash import Trash
 
 ARCHIVE_FAILED = "ARCHIVE_FAILED"
 OPTIONS = {
@@ -273,28 +275,140 @@ def task_id_of(archive: Path) -> str:
         return first.name.split("/", 1)[0]
 
 
-def extract_task(archive: Path, base_dir: Path, task_id: str) -> Path:
-    """Extract the archive's tree into ``<base_dir>/.restore-<token>/<task_id>``
-    and return that path; refuse any member that would land outside the task's
-    directory. On failure nothing is left behind."""
-    holder = base_dir / f"{RESTORE_PREFIX}{uuid.uuid4().hex}"
-    holder.mkdir()
+def extract_task(archive: Path, trash: Trash, task_id: str) -> Path:
+    """Extract the archive's tree into a new entry of the service's trash and
+    return its label; refuse any member that would land outside the task's
+    directory. On failure nothing is left behind.
+
+    Into the trash, not a holder beside the tasks: the trash is the service's
+    own (0700, reached through descriptors), so nobody who can write
+    ``base_dir`` can rename the tree being extracted or plant a link in it;
+    it is on ``base_dir``'s file system, so going into place is one rename;
+    and a crash leaves a tree the sweep already judges by its record.
+    """
+    label, root_fd = trash.create(task_id)
     try:
         with tarfile.open(archive, "r:*") as tar:
+            extractor = _Extractor(root_fd)
             for i, info in enumerate(tar):
                 _check_member(info, task_id, first=i == 0)
-                # The "tar" filter also refuses absolute names, names that
-                # resolve outside the holder (through an extracted symlink
-                # too) and device files.
-                tar.extract(info, holder, filter="tar")
+                extractor.add(tar, info)
                 tar.members.clear()
-        return holder / task_id
+            extractor.finish()
+        return label
     except (OSError, tarfile.TarError) as e:
-        fs.walk_tree(holder, remove=True)
+        trash.purge(label)
         raise ArchiveError(getattr(e, "strerror", None) or str(e)) from e
     except BaseException:
-        fs.walk_tree(holder, remove=True)
+        trash.purge(label)
         raise
+    finally:
+        os.close(root_fd)
+
+
+class _Extractor:
+    """Members created relative to their parent's descriptor, never by path:
+    every directory on the way is opened with O_NOFOLLOW (a symlink member is
+    never gone through, whatever it points at), and every file is created with
+    O_EXCL|O_NOFOLLOW (nothing existing is written through or over). Modes,
+    owners and times as tar's ``tar`` filter keeps them; directories' last,
+    deepest first, once their content is in."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self.dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
+        self._open: tuple[tuple[str, ...], int] | None = None  # the last parent, kept open
+
+    def add(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        parts = tuple(info.name.split("/")[1:])  # below the task directory
+        if not parts:
+            self.dirs.append((parts, info))
+            return
+        fd, leaf = self._parent(parts[:-1], info), parts[-1]
+        try:
+            if info.isdir():
+                self._mkdir(fd, leaf, info)
+                self.dirs.append((parts, info))
+            elif info.issym():
+                os.symlink(info.linkname, leaf, dir_fd=fd)
+                _set_owner(leaf, info, dir_fd=fd)
+                os.utime(leaf, (info.mtime, info.mtime), dir_fd=fd, follow_symlinks=False)
+            else:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                with os.fdopen(os.open(leaf, flags, 0o600, dir_fd=fd), "wb") as out:
+                    source = tar.extractfile(info)
+                    assert source is not None  # a regular file
+                    shutil.copyfileobj(source, out, 1024 * 1024)
+                    _set_attributes(out.fileno(), info)
+        except FileExistsError:
+            raise ArchiveError(f"成员 {info.name!r} 重复或与已恢复的条目冲突，拒绝恢复") from None
+
+    def finish(self) -> None:
+        self._close()
+        for parts, info in sorted(self.dirs, key=lambda d: len(d[0]), reverse=True):
+            fd = self._walk(parts, info, create=False)
+            try:
+                _set_attributes(fd, info)
+            finally:
+                if fd != self.root_fd:
+                    os.close(fd)
+
+    def _mkdir(self, fd: int, leaf: str, info: tarfile.TarInfo) -> None:
+        try:
+            os.mkdir(leaf, 0o700, dir_fd=fd)
+        except FileExistsError:  # made for an earlier member, or a member repeated
+            if not stat.S_ISDIR(os.stat(leaf, dir_fd=fd, follow_symlinks=False).st_mode):
+                raise
+
+    def _parent(self, parts: tuple[str, ...], info: tarfile.TarInfo) -> int:
+        if self._open is not None and self._open[0] == parts:
+            return self._open[1]
+        self._close()
+        fd = self._walk(parts, info, create=True)
+        if fd != self.root_fd:
+            self._open = (parts, fd)
+        return fd
+
+    def _walk(self, parts: tuple[str, ...], info: tarfile.TarInfo, *, create: bool) -> int:
+        fd = self.root_fd
+        for name in parts:
+            try:
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, 0o700, dir_fd=fd)  # tar may omit a directory's member
+                child = os.open(name, fs.DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise ArchiveError(
+                    f"成员 {info.name!r} 要经过符号链接或文件 {name}，拒绝恢复"
+                ) from None
+            finally:
+                if fd != self.root_fd:
+                    os.close(fd)
+            fd = child
+        return fd
+
+    def _close(self) -> None:
+        if self._open is not None:
+            os.close(self._open[1])
+            self._open = None
+
+
+def _set_attributes(fd: int, info: tarfile.TarInfo) -> None:
+    # The "tar" filter's modes: no setuid/setgid/sticky, no group/other write.
+    os.fchmod(fd, info.mode & 0o755)
+    _set_owner(fd, info)
+    os.utime(fd, (info.mtime, info.mtime))
+
+
+def _set_owner(target: int | str, info: tarfile.TarInfo, *, dir_fd: int | None = None) -> None:
+    if os.geteuid() != 0:  # only root can give a file away; others keep it as theirs
+        return
+    if isinstance(target, int):
+        os.fchown(target, info.uid, info.gid)
+    else:
+        os.chown(target, info.uid, info.gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _check_member(info: tarfile.TarInfo, task_id: str, *, first: bool) -> None:
@@ -312,20 +426,54 @@ def _check_member(info: tarfile.TarInfo, task_id: str, *, first: bool) -> None:
 async def restore(settings: Settings, db: Database, archive: Path) -> str:
     """Put an archived task back under ``base_dir`` and record that its
     directory exists, as deletion does in reverse: under the task's lock,
-    extract beside the base, commit ``directory_exists = true``, then rename
-    into place. A crash before the commit leaves a tree the start-up sweep
-    removes; after it, one the sweep renames into place."""
+    extract into the trash, commit ``directory_exists = true``, then rename
+    into place. A crash before the commit leaves a tree the sweep removes;
+    after it, one the sweep renames into place. Raises ``ArchiveError`` (or
+    ``TrashUnsafe``) with what happened, and only what happened."""
     task_id = await asyncio.to_thread(task_id_of, archive)
     if problem := id_problem(task_id, settings):
         raise ArchiveError(f"归档中的任务ID {task_id!r} 无效: {problem}")
-    target = settings.base_dir / task_id
-    async with db.task_transaction(task_id) as tx:
-        if await asyncio.to_thread(os.path.lexists, target):
-            raise ArchiveError(f"{target} 已存在，拒绝覆盖")
-        extracted = await asyncio.to_thread(extract_task, archive, settings.base_dir, task_id)
-        found = await tx.set_directory_exists(True, datetime.now())
+    trash = Trash(settings.base_dir)
+    await asyncio.to_thread(trash.open)
     try:
-        await asyncio.to_thread(fs.reattach, extracted, target)
+        return await _restore(trash, settings, db, archive, task_id)
+    finally:
+        trash.close()
+
+
+async def _restore(
+    trash: Trash, settings: Settings, db: Database, archive: Path, task_id: str
+) -> str:
+    target = settings.base_dir / task_id
+    extracted: Path | None = None
+    try:
+        async with db.task_transaction(task_id) as tx:
+            if await asyncio.to_thread(trash.exists, task_id):
+                raise ArchiveError(f"{target} 已存在，拒绝覆盖")
+            extracted = await asyncio.to_thread(extract_task, archive, trash, task_id)
+            found = await tx.set_directory_exists(True, datetime.now())
+    except DatabaseError as e:
+        if extracted is None:
+            raise
+        # Committed or not, the record decides: the sweep puts the tree into
+        # place if it says the directory exists, and removes it if not.
+        raise ArchiveError(
+            f"数据库操作失败，归档内容留在回收区 {extracted.name}，由重启时的清理按记录处理"
+        ) from e
+    try:
+        await asyncio.to_thread(trash.reattach, extracted, task_id)
+    except FileNotFoundError:
+        # Another process's sweep took the lock after our commit and put it
+        # into place: restored all the same.
+        if not await asyncio.to_thread(trash.exists, task_id):
+            raise
+    except FileExistsError as e:
+        raise ArchiveError(
+            f"{target} 已存在，拒绝覆盖；记录已标为目录存在，归档内容留在回收区 {extracted.name}"
+        ) from e
     except OSError as e:
-        raise ArchiveError(f"{target} 已存在，拒绝覆盖，归档内容留在 {extracted.parent}") from e
+        raise ArchiveError(
+            f"无法放入 {target}（{e.strerror or e}）；记录已标为目录存在，"
+            f"归档内容留在回收区 {extracted.name}，由重启时的清理放回"
+        ) from e
     return f"restored {task_id} to {target}" + ("" if found else " (no record for this task)")

@@ -1,7 +1,10 @@
 """The application factory: settings in, a ready ``web.Application`` out.
 
 Resources live in ``cleanup_ctx``: the database (an embedded server when no
-URL is configured), the schema, the audit file, and the start-up trash sweep.
+URL is configured), the schema, the audit file, the trash and its sweep: the
+trash is opened (and verified: ``TrashUnsafe`` stops start-up) and uncommitted
+trees are put back before the service listens; committed trees are purged by
+a background task once it does, so no tree's size delays start-up.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+import structlog
 from aiohttp import web
 
 from service import handlers, keys
+from service.audit import AuditLog
 from service.auth import auth_middleware
-from service.builtin.audit import AuditLog
 from service.db import Database
 from service.embedded import start_embedded
 from service.errors import error_middleware
@@ -24,9 +28,11 @@ from service.openapi import API
 from service.pipeline import Deleter
 from service.plugin_manager import create_plugin_manager
 from service.settings import Settings
-from service.sweep import sweep_trash
+from service.sweep import put_back, sweep_in_background
+from service.trash import Trash
 
 MAX_BODY_BYTES = 1024 * 1024
+log = structlog.get_logger("service")
 
 
 @contextlib.asynccontextmanager
@@ -54,8 +60,10 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=MAX_BODY_BYTES,
     )
     audit_log = AuditLog(settings.audit_path)
+    trash = Trash(settings.base_dir)
     app[keys.SETTINGS] = settings
-    app[keys.PLUGINS] = create_plugin_manager(settings, audit_log)
+    app[keys.TRASH] = trash
+    app[keys.PLUGINS] = create_plugin_manager(settings, trash)
 
     async def threads(app: web.Application) -> AsyncIterator[None]:
         # Every file-system call runs in a worker thread, and a purge holds one
@@ -68,7 +76,7 @@ def create_app(settings: Settings) -> web.Application:
     async def database(app: web.Application) -> AsyncIterator[None]:
         async with open_database(settings) as db:
             app[keys.DB] = db
-            app[keys.DELETER] = Deleter(settings, db, app[keys.PLUGINS])
+            app[keys.DELETER] = Deleter(settings, db, app[keys.PLUGINS], trash, audit_log)
             yield
 
     async def audit(app: web.Application) -> AsyncIterator[None]:
@@ -78,8 +86,23 @@ def create_app(settings: Settings) -> web.Application:
 
     async def sweep(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(settings.base_dir.mkdir, parents=True, exist_ok=True)
-        await sweep_trash(settings, app[keys.DB])
+        try:
+            await asyncio.to_thread(trash.open)  # TrashUnsafe: start-up stops with its line
+        except OSError as e:
+            # No room for a new .trash (a full disk): serve anyway; each
+            # deletion tries again and says why it cannot (NO_SPACE).
+            log.error("trash_unavailable", trash=str(trash.label), error=e.strerror or str(e))
+            yield
+            return
+        db = app[keys.DB]
+        report = await put_back(trash, settings, db)
+        report.log("trash_put_back")
+        purging = asyncio.create_task(sweep_in_background(trash, db, report.committed))
         yield
+        purging.cancel()  # a purge already in its thread finishes there
+        with contextlib.suppress(asyncio.CancelledError):
+            await purging
+        trash.close()
 
     app.cleanup_ctx.extend([threads, database, audit, sweep])
     app.router.add_get(f"{API}/tasks", handlers.list_tasks)

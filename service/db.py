@@ -149,6 +149,13 @@ class Database:
         rows = await self._rows(f"SELECT task_id, {DIRECTORY_EXISTS} AS e FROM data_pipeline_tasks")
         return {row["task_id"]: row["e"] for row in rows}
 
+    async def directory_records(self) -> list[dict[str, Any]]:
+        """Every task's ``task_id``, ``directory_exists`` and ``output_directory``."""
+        return await self._rows(
+            f"SELECT task_id, {DIRECTORY_EXISTS} AS directory_exists, output_directory"
+            " FROM data_pipeline_tasks"
+        )
+
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
         """Run one statement outside a task transaction (the demo's data)."""
         async with self._cursor() as cur:

@@ -28,13 +28,12 @@ tree waits in the trash and a background task settles it when it does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 import structlog
@@ -53,9 +52,7 @@ from service.errors import TaskFailed, Veto
 from service.formatting import format_size, iso
 from service.hookrunner import run_hook, run_observers
 from service.settings import Settings
-
-if TYPE_CHECKING:
-    from service.trash import Trash
+from service.trash import Entry, Trash, deletion_committed, settle
 
 log = structlog.get_logger("service")
 
@@ -362,16 +359,20 @@ class Deleter:
                 await asyncio.sleep(1)
 
     def _settle_later(self, task: TaskContext, detached: Path) -> None:
-        async def settle() -> None:
-            while (committed := await self._committed(task)) is None:
-                pass
-            if committed:
-                with contextlib.suppress(TaskFailed):  # a partial purge puts the remains back
-                    await self._purge(task, detached)
-            else:
-                await self._keep_remains(task, detached)
+        """Once the database answers, put the tree back or purge it, by its record,
+        as the start-up sweep would (and will, if the process ends first)."""
+        entry = Entry(task.task_id, detached)
 
-        job = asyncio.create_task(settle())
+        async def settle_when_answered() -> None:
+            while True:
+                try:
+                    outcome = await settle(self.trash, self.db, entry, purge=True)
+                    log.info("commit_settled", task_id=task.task_id, outcome=outcome)
+                    return
+                except DatabaseError:
+                    await asyncio.sleep(5)
+
+        job = asyncio.create_task(settle_when_answered())
         self._settling.add(job)
         job.add_done_callback(self._settling.discard)
 
@@ -428,13 +429,6 @@ class _MovedThenFailed(Exception):
 
 
 _MOVED_THEN_FAILED = "移走任务目录的插件出错，目录已不在原处，记录已标记为不存在"
-
-
-def deletion_committed(record: dict[str, Any] | None) -> bool:
-    """Whether a record says its task's deletion was committed: the record is
-    gone, or says the directory does not exist. A tree in the trash whose
-    record says otherwise was never committed, and goes back."""
-    return record is None or record["directory_exists"] is False
 
 
 def _flatten(results: list[Veto | list[Veto]]) -> list[Veto]:

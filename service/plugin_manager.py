@@ -21,18 +21,23 @@ from typing import Any
 import pluggy
 
 from service import hookspecs
-from service.builtin import audit, checks, directory, records
+from service.builtin import checks, directory, records
 from service.settings import Settings, SettingsError, plugin_options
+from service.trash import Trash
 
 ENTRY_POINT_GROUP = "dptask.plugins"
 
 
-def create_plugin_manager(settings: Settings, audit_log: audit.AuditLog) -> pluggy.PluginManager:
+def create_plugin_manager(settings: Settings, trash: Trash | None = None) -> pluggy.PluginManager:
+    """``trash``: the application's; without one (tests, tools) a fresh
+    ``Trash`` of ``base_dir``, opened at its first use."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for module in (checks, directory, records):
-        pm.register(module, name=f"builtin.{module.__name__.rsplit('.', 1)[-1]}")
-    pm.register(audit_log, name="builtin.audit")
+    pm.register(checks, name="builtin.checks")
+    pm.register(
+        directory.DirectoryRemoval(trash or Trash(settings.base_dir)), name="builtin.directory"
+    )
+    pm.register(records, name="builtin.records")
 
     modules = [(name, _import_plugin(name)) for name in settings.plugins_enabled]
     if settings.plugins_entry_points:

@@ -1,26 +1,31 @@
-"""The start-up sweep of the trash a crash left behind (DESIGN.md §3).
+"""The sweep of the trash a crash left behind (DESIGN.md §3), in two halves.
 
-A detached tree whose record still says its directory exists was detached but
-never committed: it goes back. Any other tree was committed as deleted (or has
-no record): it is purged. Each tree is handled under its task's advisory lock,
-so a tree that another service process is deleting right now is left alone.
+``put_back``, before the service listens: a tree whose record says its
+directory exists was detached but never committed (or restored and committed
+but not yet renamed into place): it goes into place. That is one rename per
+tree, O(1) however large, so start-up never waits on a tree's size.
+
+``purge_committed``, in the background once the service listens: any other
+tree was committed as deleted (or has no record) and is removed. Each tree is
+judged again under its task's lock when its turn comes, so a tree that
+another service process is deleting right now is left alone.
+
+``sweep_trash`` does both in turn (``reconcile --fix``). What the trash holds
+and how a tree is put back or purged is ``service.trash``'s; this module only
+decides when.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import structlog
 
-from service import fs
-from service.db import Database, TaskLocked
+from service.db import Database
 from service.pipeline import id_problem
 from service.settings import Settings
+from service.trash import Entry, Trash, settle
 
 log = structlog.get_logger("service")
 
@@ -29,85 +34,73 @@ log = structlog.get_logger("service")
 class SweepReport:
     restored: list[str] = field(default_factory=list)
     purged: list[str] = field(default_factory=list)
-    left: list[str] = field(default_factory=list)  # locked elsewhere, or in conflict
+    left: list[str] = field(default_factory=list)  # locked elsewhere, in conflict, or stuck
+    committed: list[Entry] = field(default_factory=list)  # to purge, once serving
+
+    def log(self, event: str) -> None:
+        if self.restored or self.purged or self.left:
+            log.info(event, restored=self.restored, purged=self.purged, left=self.left)
 
 
-# A token directory younger than this may be another process's, about to
-# receive its tree: it is not tidied away.
-_YOUNG_SECONDS = 60
-RESTORE_PREFIX = ".restore-"
-
-
-def trash_entries(trash_dir: Path, *, tidy: bool = False) -> list[Path]:
-    """Detached trees (``<trash>/<token>/<task_id>``). With ``tidy``, empty
-    token directories left by a crash (between creating one and the rename)
-    go, once they are old enough not to be another process's."""
-    return _held(trash_dir, lambda name: True, tidy)
-
-
-def restore_leftovers(base_dir: Path) -> list[Path]:
-    """Trees of interrupted restores (``<base>/.restore-<token>/<task_id>``)."""
-    return _held(base_dir, lambda name: name.startswith(RESTORE_PREFIX), tidy=True)
-
-
-def _held(parent: Path, is_holder: Callable[[str], bool], tidy: bool) -> list[Path]:
-    entries: list[Path] = []
-    if not parent.is_dir():
-        return entries
-    for holder in sorted(parent.iterdir()):
-        try:
-            if not is_holder(holder.name) or holder.is_symlink() or not holder.is_dir():
-                continue
-            inner = sorted(holder.iterdir())
-            if not inner and tidy and time.time() - holder.stat().st_mtime > _YOUNG_SECONDS:
-                os.rmdir(holder)
-            entries.extend(inner)
-        except FileNotFoundError:
-            continue  # another process's sweep or purge took it meanwhile
-    return entries
-
-
-async def sweep_trash(settings: Settings, db: Database) -> SweepReport:
+async def put_back(trash: Trash, settings: Settings, db: Database) -> SweepReport:
+    """Put every uncommitted tree into place; list the committed ones."""
     report = SweepReport()
-    for detached in await asyncio.to_thread(trash_entries, settings.trash_dir, tidy=True):
-        task_id, path = detached.name, settings.base_dir / detached.name
-        if id_problem(task_id, settings):  # never put back or lock on a name no id has
-            log.error("trash_entry_not_a_task", trash=str(detached))
-            report.left.append(task_id)
+    for entry in await asyncio.to_thread(trash.entries, tidy=True):
+        if id_problem(entry.task_id, settings):  # never lock on, or put back, a non-id
+            log.error("trash_entry_not_a_task", trash=str(entry.label))
+            report.left.append(entry.label.name)
             continue
         try:
-            async with db.task_transaction(task_id) as tx:
-                committed = tx.record is None or tx.record["directory_exists"] is False
-                if not committed:
-                    if await asyncio.to_thread(os.path.lexists, path):
-                        log.error("trash_conflict", task_id=task_id, trash=str(detached))
-                        report.left.append(task_id)
-                        continue
-                    await asyncio.to_thread(fs.reattach, detached, path)
-                    report.restored.append(task_id)
-                    continue
-            # Committed as deleted: nobody reads this tree again, the lock is not needed.
-            stats = await asyncio.to_thread(fs.purge, detached)
-        except (TaskLocked, OSError):
-            report.left.append(task_id)
-            continue
-        (report.left if stats.error_count else report.purged).append(task_id)
-    for extracted in await asyncio.to_thread(restore_leftovers, settings.base_dir):
-        # A restore holds its task's lock from extraction to commit, then
-        # renames into place: with the lock free, the restore is gone. Its
-        # tree goes into place if the record says so, and is removed if not.
-        task_id, path = extracted.name, settings.base_dir / extracted.name
-        if id_problem(task_id, settings):
-            continue
-        try:
-            async with db.task_transaction(task_id) as tx:
-                committed = tx.record is not None and tx.record["directory_exists"] is True
-                if committed and not await asyncio.to_thread(os.path.lexists, path):
-                    await asyncio.to_thread(fs.reattach, extracted, path)
-                else:
-                    await asyncio.to_thread(fs.purge, extracted)
-        except (TaskLocked, OSError):
-            continue
-    if report.restored or report.purged or report.left:
-        log.info("trash_swept", restored=report.restored, purged=report.purged, left=report.left)
+            outcome = await settle(trash, db, entry, purge=False)
+        except OSError as e:
+            log.error("trash_put_back_failed", trash=str(entry.label), error=str(e))
+            outcome = "left"
+        if outcome == "restored":
+            report.restored.append(entry.task_id)
+        elif outcome == "committed":
+            report.committed.append(entry)
+        else:
+            report.left.append(entry.task_id)
     return report
+
+
+async def purge_committed(trash: Trash, db: Database, entries: list[Entry]) -> SweepReport:
+    """Purge committed trees, one at a time, each judged again under its lock."""
+    report = SweepReport()
+    for entry in entries:
+        try:
+            outcome = await settle(trash, db, entry, purge=True)
+        except OSError as e:
+            log.error("trash_purge_failed", trash=str(entry.label), error=str(e))
+            outcome = "left"
+        if outcome == "restored":
+            report.restored.append(entry.task_id)
+        elif outcome == "purged":
+            report.purged.append(entry.task_id)
+        else:
+            report.left.append(entry.task_id)
+    return report
+
+
+async def sweep_trash(trash: Trash, settings: Settings, db: Database) -> SweepReport:
+    """Both halves, in turn."""
+    report = await put_back(trash, settings, db)
+    purged = await purge_committed(trash, db, report.committed)
+    report.restored += purged.restored
+    report.purged = purged.purged
+    report.left += purged.left
+    report.committed = []
+    report.log("trash_swept")
+    return report
+
+
+async def sweep_in_background(trash: Trash, db: Database, entries: list[Entry]) -> None:
+    """``purge_committed`` as a background task: its failure is logged."""
+    try:
+        report = await purge_committed(trash, db, entries)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("trash_sweep_failed")
+        return
+    report.log("trash_swept")

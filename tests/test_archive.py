@@ -124,7 +124,14 @@ def test_restore_refuses_members_outside_the_task(settings, base_dir, workdir, d
     assert result.returncode != 0 and "拒绝恢复" in result.stderr
     assert not (base_dir / "task_evil").exists()
     assert not (base_dir / "escaped.txt").exists() and not (base_dir / "other_task").exists()
-    assert [p.name for p in base_dir.iterdir()] == []  # no half-restored holder left
+    assert nothing_restored(base_dir)
+
+
+def nothing_restored(base_dir: Path) -> bool:
+    """No task directory, and no half-extracted tree left in the trash."""
+    return [p.name for p in base_dir.iterdir()] == [".trash"] and not any(
+        (base_dir / ".trash").iterdir()
+    )
 
 
 def test_restore_refuses_a_member_written_through_a_symlink(
@@ -139,8 +146,79 @@ def test_restore_refuses_a_member_written_through_a_symlink(
         info.size = 4
         tar.addfile(info, io.BytesIO(b"evil"))
     result = run_restore(workdir, database_url, str(archive))
-    assert result.returncode != 0
+    assert result.returncode != 0 and "拒绝恢复" in result.stderr
     assert not (workdir / "planted.txt").exists()
+    assert nothing_restored(base_dir)
+
+
+@pytest.mark.parametrize("up", ["..", "../..", ".", "task_evil"])
+async def test_restore_never_writes_through_a_symlink_member(
+    schema, base_dir, workdir, database_url, up
+):
+    """A member that is a link to its own tree (or above it), then a member
+    under that link: nothing is written anywhere, and the failure is all that
+    happened (the record is unchanged, no tree is left)."""
+    pg = schema
+    insert_task(pg, "task_evil", directory_exists=False)
+    archive = workdir / "up.tar"
+    with tarfile.open(archive, "w") as tar:
+        root = tarfile.TarInfo("task_evil")
+        root.type, root.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(root)
+        link = tarfile.TarInfo("task_evil/up")
+        link.type, link.linkname = tarfile.SYMTYPE, up
+        tar.addfile(link)
+        info = tarfile.TarInfo("task_evil/up/escaped.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    before = tree_snapshot(workdir)
+
+    result = run_restore(workdir, database_url, str(archive))
+
+    assert result.returncode != 0
+    assert "'task_evil/up/escaped.txt' 要经过符号链接或文件 up，拒绝恢复" in result.stderr
+    assert not [p for p in workdir.rglob("escaped.txt")]
+    assert nothing_restored(base_dir)
+    assert tree_snapshot(workdir) == before
+    assert pg.task("task_evil")["directory_exists"] is False
+
+
+async def test_restore_keeps_modes_links_and_refuses_nothing_legitimate(
+    schema, base_dir, workdir, database_url
+):
+    """Members in any order (a file before its directory's member), an
+    absolute link kept verbatim and never followed, modes as tar keeps them."""
+    pg = schema
+    insert_task(pg, "task_ok", directory_exists=False)
+    archive = workdir / "ok.tar"
+    with tarfile.open(archive, "w") as tar:
+        root = tarfile.TarInfo("task_ok")
+        root.type, root.mode = tarfile.DIRTYPE, 0o750
+        tar.addfile(root)
+        script = tarfile.TarInfo("task_ok/sub/run.sh")
+        script.size, script.mode = 3, 0o4777  # setuid and world-writable: dropped
+        tar.addfile(script, io.BytesIO(b"run"))
+        sub = tarfile.TarInfo("task_ok/sub")
+        sub.type, sub.mode = tarfile.DIRTYPE, 0o500
+        tar.addfile(sub)
+        link = tarfile.TarInfo("task_ok/sub/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+
+    result = run_restore(workdir, database_url, str(archive))
+
+    assert result.returncode == 0, result.stderr
+    task = base_dir / "task_ok"
+    assert tree_snapshot(task) == {
+        "sub": "dir",
+        "sub/passwd": "->/etc/passwd",
+        "sub/run.sh": b"run",
+    }
+    assert (task / "sub" / "run.sh").stat().st_mode & 0o7777 == 0o755
+    assert (task / "sub").stat().st_mode & 0o777 == 0o500
+    assert task.stat().st_mode & 0o777 == 0o750
+    assert pg.task("task_ok")["directory_exists"] is True
+    assert not any((base_dir / ".trash").iterdir())
 
 
 @pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])

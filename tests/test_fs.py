@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from service import fs
+from service.errors import TaskFailed
 from service.fs import TreeStats
+from service.trash import Trash
 
 # ---------------------------------------------------------------- helpers
 
@@ -323,20 +325,19 @@ def test_detach_and_reattach_preserve_the_tree_byte_for_byte(tmp_path: Path) -> 
     path = base / "task_20250702_223802"
     make_tree(path)
     before = snapshot(path)
-    trash = base / ".trash"
+    trash = Trash(base)
 
-    detached = fs.detach(path, trash)
+    detached = trash.detach(path.name)
 
     assert not os.path.lexists(path)
-    assert detached.name == path.name
-    assert detached.parent.parent == trash
+    assert detached.parent == base / ".trash"
+    assert detached.name.split(".", 1)[1] == path.name
     assert snapshot(detached) == before
 
-    fs.reattach(detached, path)
+    trash.reattach(detached, path.name)
 
     assert snapshot(path) == before
-    assert not os.path.lexists(detached.parent)  # the token directory is gone
-    assert os.listdir(trash) == []
+    assert os.listdir(base / ".trash") == []
 
 
 @pytest.mark.parametrize("kind", ["dir", "empty_dir", "file", "symlink"])
@@ -345,7 +346,8 @@ def test_reattach_never_overwrites_what_exists_again(tmp_path: Path, kind: str) 
     path = base / "task_1"
     make_tree(path)
     before = snapshot(path)
-    detached = fs.detach(path, base / ".trash")
+    trash = Trash(base)
+    detached = trash.detach("task_1")
     if kind == "dir":
         path.mkdir()
         (path / "new.txt").write_bytes(b"new")
@@ -358,7 +360,7 @@ def test_reattach_never_overwrites_what_exists_again(tmp_path: Path, kind: str) 
     everything = snapshot(base)
 
     with pytest.raises(FileExistsError):
-        fs.reattach(detached, path)
+        trash.reattach(detached, "task_1")
 
     assert snapshot(base) == everything
     assert snapshot(detached) == before
@@ -412,9 +414,10 @@ def test_a_path_outside_the_base_is_refused(tmp_path: Path, base: Path) -> None:
         assert "不在任务根目录之下" in fs.directory_problem(base, path), path
 
 
-def test_a_failed_detach_leaves_no_token_directory(base: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        fs.detach(base / "task_missing", base / ".trash")
+def test_a_failed_detach_leaves_nothing_in_the_trash(base: Path) -> None:
+    with pytest.raises(TaskFailed) as failed:
+        Trash(base).detach("task_missing")
+    assert failed.value.code == "DETACH_FAILED"
     assert os.listdir(base / ".trash") == []
 
 

@@ -9,12 +9,13 @@ import time
 import pluggy
 import pytest
 
-from service import fs, hookspecs, keys
+from service import hookspecs, keys
 from service.app import create_app
 from service.errors import TaskFailed, Veto
 from service.hookrunner import run_hook
 from service.hookspecs import hookimpl
 from service.pipeline import BatchContext, DeleteOptions
+from service.trash import Trash
 from tests.conftest import tree_snapshot
 
 URL = "/api/v0/data_pipeline/tasks"
@@ -272,7 +273,11 @@ class SlowDetach:
     async def dptask_detach_directory(self, task):
         def slow():
             time.sleep(0.3)
-            return fs.detach(task.path, task.settings.trash_dir)
+            trash = Trash(task.settings.base_dir)
+            try:
+                return trash.detach(task.task_id)
+            finally:
+                trash.close()
 
         return await asyncio.to_thread(slow)
 

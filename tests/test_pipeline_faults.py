@@ -6,6 +6,7 @@ to a hung (SIGSTOPped) database."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -250,10 +251,8 @@ def server_pids(pgdata: Path) -> list[int]:
 
 def signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 class HangsTheDatabaseBeforeCommit:

@@ -149,11 +149,10 @@ async def test_plugin_list_shows_hooks_in_call_order(client):
     body = await resp.json()
     assert resp.status == 200 and body["success"] is True
     plugins = {p["name"]: p for p in body["data"]["plugins"]}
-    assert list(plugins)[:4] == [
+    assert list(plugins)[:3] == [
         "builtin.checks",
         "builtin.directory",
         "builtin.records",
-        "builtin.audit",
     ]
     assert [h["hook"] for h in plugins["archive"]["hooks"]] == ["dptask_before_removal"]
     assert [h["hook"] for h in plugins["retention_guard"]["hooks"]] == ["dptask_check_delete"]
@@ -218,14 +217,13 @@ def installed_plugin(tmp_path, monkeypatch):
 def test_entry_point_plugins_load_unless_switched_off(
     installed_plugin, workdir, monkeypatch, autoload, loaded
 ):
-    from service.builtin.audit import AuditLog
     from service.plugin_manager import create_plugin_manager
     from service.settings import load_settings
 
     monkeypatch.setenv("DPTASK_DISABLE_PLUGIN_AUTOLOAD", autoload)
     settings = load_settings(write_settings(workdir))
-    pm = create_plugin_manager(settings, AuditLog(settings.audit_path))
+    pm = create_plugin_manager(settings)
     assert (pm.get_plugin("epplugin") is not None) is loaded
 
     off = load_settings(write_settings(workdir, "[plugins]\nentry_points = false\n"))
-    assert create_plugin_manager(off, AuditLog(off.audit_path)).get_plugin("epplugin") is None
+    assert create_plugin_manager(off).get_plugin("epplugin") is None

@@ -1,4 +1,11 @@
-"""Built-in directory removal: detach into the trash, then purge in threads."""
+"""Built-in directory removal: detach into the service's trash, then purge in
+threads. An object holding the application's ``Trash`` (registered as
+``builtin.directory``): the trash's layout and safety are ``service.trash``'s.
+
+The detach's failures are ``TaskFailed`` with codes that name the cause
+(``PERMISSION_DENIED``, ``DIRECTORY_BUSY``, ``NO_SPACE``, ``RESOURCE_EXHAUSTED``,
+``TRASH_UNSAFE``, ``DETACH_FAILED``), never a generic plugin error.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +15,19 @@ from pathlib import Path
 from service import fs
 from service.hookspecs import hookimpl
 from service.pipeline import TaskContext
+from service.trash import Trash
 
 
-@hookimpl
-async def dptask_detach_directory(task: TaskContext) -> Path:
-    return await asyncio.to_thread(fs.detach, task.path, task.settings.trash_dir)
+class DirectoryRemoval:
+    def __init__(self, trash: Trash) -> None:
+        self.trash = trash
 
+    @hookimpl
+    async def dptask_detach_directory(self, task: TaskContext) -> Path:
+        return await asyncio.to_thread(self.trash.detach, task.task_id)
 
-@hookimpl
-async def dptask_purge_directory(task: TaskContext, path: Path) -> fs.TreeStats:
-    return await asyncio.to_thread(fs.purge, path)
+    @hookimpl
+    async def dptask_purge_directory(self, task: TaskContext, path: Path) -> fs.TreeStats | None:
+        if not self.trash.owns(path):
+            return None  # detached elsewhere by a plugin: that plugin purges it
+        return await asyncio.to_thread(self.trash.purge, path)
