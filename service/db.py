@@ -143,7 +143,11 @@ class _Blocker:
 
     def describe(self) -> str:
         if self.pid is None:
-            return f"{self.lock} (its holder has let go since)"
+            return (
+                f"{self.lock} held by {self.state}"
+                if self.state
+                else f"{self.lock} (its holder has let go since)"
+            )
         query = " ".join((self.query or "").split())
         query = query if len(query) <= 200 else query[:199] + "…"
         return f"{self.lock} held by pid {self.pid} ({self.state or 'unknown state'}: {query})"
@@ -318,6 +322,8 @@ class Database:
         if not rows:
             return None
         r = rows[0]
+        if r["pid"] is None:  # no session: a prepared transaction (PREPARE TRANSACTION)
+            return _Blocker(_lock_name(change), None, "a prepared transaction")
         return _Blocker(_lock_name(change), r["pid"], r["state"], r["query"])
 
     async def _schema_lock_holder(self) -> _Blocker:

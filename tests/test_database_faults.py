@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 
 from service.app import create_app
-from service.db import CommitUnknown, Database
+from service.db import CommitUnknown, Database, DatabaseTimeout
 from service.settings import load_settings
 from tests.conftest import (
     Pg,
@@ -177,6 +177,18 @@ async def test_commit_without_an_answer_is_commit_unknown_and_may_still_commit(f
         pg.close()
     finally:
         frozen.cont()
+        await db.close()
+
+
+async def test_a_statement_the_server_cancels_is_a_timeout_not_a_cancellation(database_url):
+    """aiopg turns the server's statement_timeout into a CancelledError; it must
+    reach the API as a database timeout (503), and the request must go on."""
+    db = await Database.connect(database_url, timeout=5)
+    try:
+        with pytest.raises(DatabaseTimeout, match="statement timeout"):
+            await db.execute("SET LOCAL statement_timeout = 100; SELECT pg_sleep(3)")
+        await db.ping()  # this task was not cancelled, and the pool still works
+    finally:
         await db.close()
 
 
