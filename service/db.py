@@ -240,8 +240,8 @@ class Database:
 
         Reads the catalogue first and runs no DDL when nothing is missing.
         Otherwise makes each missing change when no session holds a
-        conflicting lock, waiting at most ``lock_timeout`` (default: the
-        pool's) per attempt, and raises ``SchemaBlocked`` naming the blocking
+        conflicting lock, waiting at most ``lock_timeout`` (default: the one
+        given to ``connect``) per attempt, and raises ``SchemaBlocked`` naming the blocking
         session after ``wait`` seconds.
         """
         lock_timeout = self._lock_timeout if lock_timeout is None else lock_timeout
