@@ -209,6 +209,9 @@ async def test_peek_task_takes_no_lock(database_url, pg):
 # ---------------------------------------------------------------- a row held by the pipeline
 
 
+LOCK_TIMEOUT_1S = "[database]\nlock_timeout = 1\n"
+
+
 @pytest.fixture
 def pipeline_session(database_url):
     """Another session, as a pipeline worker: psycopg2, its own open transaction."""
@@ -218,6 +221,7 @@ def pipeline_session(database_url):
     conn.close()
 
 
+@pytest.mark.parametrize("settings_text", [LOCK_TIMEOUT_1S], ids=["lock_timeout_1s"])
 async def test_row_held_for_update_by_the_pipeline_is_task_locked_within_seconds(
     client, task_factory, pg, base_dir, pipeline_session
 ):
@@ -237,13 +241,14 @@ async def test_row_held_for_update_by_the_pipeline_is_task_locked_within_seconds
     (failed,) = body["data"]["failed_tasks"]
     assert failed["error_code"] == "TASK_LOCKED", failed
     assert failed["error"] == "任务正在被另一个请求删除"
-    assert took < 4.5, took  # lock_timeout is 2 s
+    assert took < 4.5, took  # lock_timeout is 1 s (it was 5 s before)
     assert tree_snapshot(task_dir) == before
     pipeline_session.rollback()
     assert pg.task("task_a")["directory_exists"] is True
     assert len(pg.steps("task_a")) == 1
 
 
+@pytest.mark.parametrize("settings_text", [LOCK_TIMEOUT_1S], ids=["lock_timeout_1s"])
 async def test_step_row_held_by_the_pipeline_is_task_locked_and_the_directory_is_back(
     client, task_factory, pg, base_dir, pipeline_session
 ):
