@@ -43,9 +43,11 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
     if not url:
         url, stop = await asyncio.to_thread(start_embedded, settings.var_dir / "pgdata")
     try:
-        db = await Database.connect(url)
+        db = await Database.connect(
+            url, timeout=settings.db_timeout, lock_timeout=settings.db_lock_timeout
+        )
         try:
-            await db.ensure_schema()
+            await db.ensure_schema(wait=settings.schema_wait)
             yield db
         finally:
             await db.close()

@@ -2,20 +2,42 @@
 
 Everything else sees plain dicts and the exceptions defined here, so the
 driver can be swapped without touching handlers or the deletion pipeline.
+
+Nothing here waits for the database without a bound:
+- every call (pool acquire, connect, each statement, COMMIT) has the client
+  timeout ``timeout`` (``[database] timeout``); a timeout is
+  ``DatabaseTimeout``, a ``DatabaseUnavailable`` (the API's 503), and the
+  connection it happened on is closed, never reused;
+- the server enforces the same bound (``statement_timeout`` per session), so a
+  statement the client gave up on does not stay queued on a lock there;
+- a task's row lock is waited for ``lock_timeout`` at most (``TaskLocked``);
+- a COMMIT that got no answer raises ``CommitUnknown``: it may have committed
+  (the server can still run it once it wakes up). The caller reads the record
+  back with ``peek_task`` once the database answers.
+
+No ``idle_in_transaction_session_timeout``: archiving keeps a task transaction
+open (idle) for as long as writing the archive takes, and must not lose it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import aiopg
 import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import structlog
 
-from service.schema import SCHEMA_LOCK_KEY, STATEMENTS
+from service import schema
+
+log = structlog.get_logger("service")
 
 # Rows from before the migration may hold NULL: the column's default says true.
 DIRECTORY_EXISTS = "COALESCE(directory_exists, true)"
@@ -26,6 +48,14 @@ TASK_COLUMNS = (
 )
 DETAIL_COLUMNS = TASK_COLUMNS + ", parameters, result, output_directory"
 STEP_COLUMNS = "id, execution_id, step_name, step_status, started_at, completed_at, error_message"
+RUNNING_STEPS = (
+    "SELECT step_name FROM data_pipeline_task_steps"
+    " WHERE task_id = %s AND step_status = 'running' ORDER BY id"
+)
+# How often a blocked schema migration looks again (it queues behind nobody meanwhile).
+SCHEMA_RETRY_PAUSE = 0.5
+# A blocked migration logs again at least this often even when nothing changed.
+SCHEMA_LOG_EVERY = 10.0
 
 
 class DatabaseError(Exception):
@@ -33,38 +63,133 @@ class DatabaseError(Exception):
 
 
 class DatabaseUnavailable(DatabaseError):
-    """The server cannot be reached (down, restarting, refusing connections)."""
+    """The server cannot be reached (down, restarting, refusing connections) or does
+    not answer in time."""
+
+
+class DatabaseTimeout(DatabaseUnavailable):
+    """No answer within the timeout (a hung or overloaded server); the connection
+    was closed."""
+
+
+class CommitUnknown(DatabaseUnavailable):
+    """COMMIT was sent and no answer came (timeout, connection lost): the
+    transaction may or may not have committed. Read the record back."""
+
+
+class SchemaBlocked(DatabaseError):
+    """Start-up could not make a schema change within ``schema_wait``: another
+    session kept a conflicting lock. The message names it."""
 
 
 class TaskLocked(Exception):
-    """Another request or service process holds the task's advisory lock."""
+    """Another request or service process holds the task's advisory lock, or a
+    session holds its row lock for longer than ``lock_timeout``."""
 
 
 @contextlib.contextmanager
 def _translated() -> Any:
     try:
         yield
-    except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
-        raise DatabaseUnavailable(str(e).strip()) from e
+    # LockNotAvailable and QueryCanceledError are OperationalErrors: first.
     except psycopg2.errors.LockNotAvailable as e:
         raise TaskLocked(str(e).strip()) from e
+    except psycopg2.extensions.QueryCanceledError as e:
+        raise DatabaseTimeout(str(e).strip()) from e
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+        raise DatabaseUnavailable(str(e).strip()) from e
     except psycopg2.Error as e:
         raise DatabaseError(str(e).strip()) from e
+    except TimeoutError as e:  # asyncio's, from aiopg: it has closed the connection
+        raise DatabaseTimeout("the database did not answer within the timeout") from e
+
+
+async def _execute(
+    cur: Any, sql: str, args: Sequence[Any] | None = None, *, bound: float | None = None
+) -> None:
+    """One statement, its errors translated. aiopg turns the server's
+    "canceling statement due to statement timeout" into a CancelledError: that
+    one is a timeout, not a cancellation of this task."""
+    with _translated():
+        try:
+            await cur.execute(sql, args or None, timeout=bound)
+        except asyncio.CancelledError as e:
+            task = asyncio.current_task()
+            cause = e.__context__
+            if isinstance(cause, psycopg2.extensions.QueryCanceledError) and not (
+                task and task.cancelling()
+            ):
+                raise DatabaseTimeout(str(cause).strip()) from cause
+            raise
+
+
+async def _fetchall(cur: Any) -> list[dict[str, Any]]:
+    with _translated():
+        return _dicts(cur, await cur.fetchall())
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+@dataclass(frozen=True)
+class _Blocker:
+    """What a schema change waits for: a lock and the session that holds it."""
+
+    lock: str  # "a lock on <table>" or "the schema lock"
+    pid: int | None = None
+    state: str | None = None
+    query: str | None = None
+
+    def describe(self) -> str:
+        if self.pid is None:
+            return (
+                f"{self.lock} held by {self.state}"
+                if self.state
+                else f"{self.lock} (its holder has let go since)"
+            )
+        query = " ".join((self.query or "").split())
+        query = query if len(query) <= 200 else query[:199] + "…"
+        return f"{self.lock} held by pid {self.pid} ({self.state or 'unknown state'}: {query})"
 
 
 class Database:
-    def __init__(self, pool: aiopg.Pool, maxsize: int) -> None:
+    def __init__(
+        self, pool: aiopg.Pool, maxsize: int, *, timeout: float = 5.0, lock_timeout: float = 2.0
+    ) -> None:
         self._pool = pool
-        # Task transactions stay open through archiving and dry-run walks; they
-        # may use all connections but two, so that reads (lists, the ping
-        # before a DELETE) always find one.
+        self._timeout = timeout
+        self._lock_timeout = lock_timeout
+        # Task transactions stay open through archiving; they may use all
+        # connections but two, so that reads (lists, the ping before a DELETE,
+        # peek_task) always find one.
         self._task_slots = asyncio.Semaphore(max(1, maxsize - 2))
 
     @classmethod
-    async def connect(cls, url: str, *, maxsize: int = 10) -> Database:
+    async def connect(
+        cls,
+        url: str,
+        *,
+        maxsize: int = 10,
+        timeout: float = 5.0,  # noqa: ASYNC109 (the pool's bound for every call, not this one's)
+        lock_timeout: float = 2.0,
+    ) -> Database:
+        """A pool on ``url``; connects lazily. ``timeout`` bounds every call,
+        ``lock_timeout`` a task's row lock wait and a schema change's lock wait."""
+
+        async def on_connect(conn: Any) -> None:
+            try:
+                async with conn.cursor() as cur:
+                    await _execute(cur, "SET statement_timeout = %s", (_ms(timeout),))
+            except BaseException:
+                conn.close()  # aiopg would drop it without closing it
+                raise
+
         with _translated():
-            pool = await aiopg.create_pool(url, minsize=0, maxsize=maxsize, timeout=30)
-        return cls(pool, maxsize)
+            pool = await aiopg.create_pool(
+                url, minsize=0, maxsize=maxsize, timeout=timeout, on_connect=on_connect
+            )
+        return cls(pool, maxsize, timeout=timeout, lock_timeout=lock_timeout)
 
     async def close(self) -> None:
         self._pool.close()
@@ -73,18 +198,33 @@ class Database:
     @contextlib.asynccontextmanager
     async def _cursor(self) -> AsyncIterator[Any]:
         with _translated():
-            async with self._pool.acquire() as conn, conn.cursor() as cur:
+            conn = await self._pool.acquire()
+        try:
+            cur = await conn.cursor()
+            try:
                 yield cur
+            finally:
+                cur.close()
+        except (DatabaseTimeout, asyncio.CancelledError):
+            # It may still have a statement in flight: never hand it out again.
+            conn.close()
+            raise
+        finally:
+            # A connection left inside a transaction is closed by the pool too.
+            await self._pool.release(conn)
 
     async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Run a read. After a server restart the pool still holds dead
         connections; the first use of one fails and drops it, so a read that
-        fails that way is tried once more, on a fresh connection."""
+        fails that way is tried once more, on a fresh connection. A timeout is
+        not tried again: a hung server would only double the wait."""
         for attempt in (1, 2):
             try:
                 async with self._cursor() as cur:
-                    await cur.execute(sql, args)
-                    return _dicts(cur, await cur.fetchall())
+                    await _execute(cur, sql, args)
+                    return await _fetchall(cur)
+            except DatabaseTimeout:
+                raise
             except DatabaseUnavailable:
                 if attempt == 2:
                     raise
@@ -93,11 +233,107 @@ class Database:
     async def ping(self) -> None:
         await self._rows("SELECT 1")
 
-    async def ensure_schema(self) -> None:
-        async with self._cursor() as cur, _transaction(cur):
-            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
-            for statement in STATEMENTS:
-                await cur.execute(statement)
+    # ------------------------------------------------------------ schema
+
+    async def ensure_schema(self, *, lock_timeout: float | None = None, wait: float = 60.0) -> None:
+        """Create or migrate the tables (see ``service.schema``).
+
+        Reads the catalogue first and runs no DDL when nothing is missing.
+        Otherwise makes each missing change when no session holds a
+        conflicting lock, waiting at most ``lock_timeout`` (default: the one
+        given to ``connect``) per attempt, and raises ``SchemaBlocked`` naming the blocking
+        session after ``wait`` seconds.
+        """
+        lock_timeout = self._lock_timeout if lock_timeout is None else lock_timeout
+        started = time.monotonic()
+        deadline = started + wait
+        logged: tuple[Any, float] = (None, 0.0)
+        if not schema.missing_changes(await self._catalog()):
+            return
+        while True:
+            outcome = await self._schema_step(lock_timeout, deadline)
+            if outcome is None:
+                return
+            if isinstance(outcome, schema.Change):
+                log.info("schema_changed", change=outcome.what)
+                continue
+            now = time.monotonic()
+            if now >= deadline:
+                raise SchemaBlocked(f"schema migration waited {wait:g} s for {outcome.describe()}")
+            if outcome != logged[0] or now - logged[1] >= SCHEMA_LOG_EVERY:
+                log.warning(
+                    "schema_migration_waiting",
+                    waits_for=outcome.lock,
+                    blocking_pid=outcome.pid,
+                    blocking_state=outcome.state,
+                    blocking_query=outcome.query,
+                    waited_s=round(now - started, 1),
+                    gives_up_in_s=round(deadline - now, 1),
+                )
+                logged = (outcome, now)
+            await asyncio.sleep(min(SCHEMA_RETRY_PAUSE, deadline - now))
+
+    async def _catalog(self, cur: Any = None) -> dict[str, tuple[bool, list[str]]]:
+        if cur is None:
+            rows = await self._rows(schema.CATALOG_QUERY, (schema.CATALOG_NAMES,))
+        else:
+            await _execute(cur, schema.CATALOG_QUERY, (schema.CATALOG_NAMES,))
+            rows = await _fetchall(cur)
+        return {r["name"]: (r["present"], r["columns"]) for r in rows}
+
+    async def _schema_step(
+        self, lock_timeout: float, deadline: float
+    ) -> schema.Change | _Blocker | None:
+        """Make the first missing change in a transaction of its own: the change
+        made, what blocks it, or None when nothing is missing."""
+        # An index may take a while to build on a big table: its bound is the wait.
+        bound = max(deadline - time.monotonic(), self._timeout) + lock_timeout
+        change: schema.Change | None = None
+        try:
+            async with self._cursor() as cur, _transaction(cur):
+                await _execute(cur, "SET LOCAL lock_timeout = %s", (_ms(lock_timeout),))
+                await _execute(cur, "SET LOCAL statement_timeout = %s", (_ms(bound),))
+                # Another process migrating: TaskLocked (lock_timeout) with change None.
+                await _execute(
+                    cur,
+                    "SELECT pg_advisory_xact_lock(%s)",
+                    (schema.SCHEMA_LOCK_KEY,),
+                    bound=self._timeout + lock_timeout,
+                )
+                missing = schema.missing_changes(await self._catalog(cur))
+                if not missing:
+                    return None
+                change = missing[0]
+                if change.table and (blocker := await self._holder(cur, change)):
+                    raise _Blocked(blocker)
+                await _execute(cur, change.sql, bound=bound)
+            return change
+        except _Blocked as e:
+            return e.blocker
+        except TaskLocked:  # lock_timeout: someone took a lock since we looked
+            if change is None:
+                return await self._schema_lock_holder()
+            async with self._cursor() as cur:
+                return await self._holder(cur, change) or _Blocker(_lock_name(change))
+
+    async def _holder(self, cur: Any, change: schema.Change) -> _Blocker | None:
+        await _execute(cur, schema.HOLDERS_QUERY, (change.table, schema.CONFLICTS[change.mode]))
+        rows = await _fetchall(cur)
+        if not rows:
+            return None
+        r = rows[0]
+        if r["pid"] is None:  # no session: a prepared transaction (PREPARE TRANSACTION)
+            return _Blocker(_lock_name(change), None, "a prepared transaction")
+        return _Blocker(_lock_name(change), r["pid"], r["state"], r["query"])
+
+    async def _schema_lock_holder(self) -> _Blocker:
+        rows = await self._rows(schema.SCHEMA_LOCK_HOLDER_QUERY, (schema.SCHEMA_LOCK_KEY,))
+        if not rows:
+            return _Blocker("the schema lock")
+        r = rows[0]
+        return _Blocker("the schema lock", r["pid"], r["state"], r["query"])
+
+    # ------------------------------------------------------------ reads
 
     async def list_tasks(
         self,
@@ -144,6 +380,16 @@ class Database:
         )
         return task
 
+    async def peek_task(self, task_id: str) -> tuple[dict[str, Any] | None, list[str]]:
+        """The task's record (TASK_COLUMNS) and its running steps, as
+        ``TaskTransaction.load`` reads them, but without any lock or task slot:
+        for dry runs, and to read back the outcome of a ``CommitUnknown``."""
+        rows = await self._rows(
+            f"SELECT {TASK_COLUMNS} FROM data_pipeline_tasks WHERE task_id = %s", [task_id]
+        )
+        steps = await self._rows(RUNNING_STEPS, [task_id])
+        return (rows[0] if rows else None), [r["step_name"] for r in steps]
+
     async def directory_flags(self) -> dict[str, bool]:
         """Every task's recorded ``directory_exists``."""
         rows = await self._rows(f"SELECT task_id, {DIRECTORY_EXISTS} AS e FROM data_pipeline_tasks")
@@ -159,7 +405,9 @@ class Database:
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
         """Run one statement outside a task transaction (the demo's data)."""
         async with self._cursor() as cur:
-            await cur.execute(sql, args)
+            await _execute(cur, sql, args)
+
+    # ------------------------------------------------------------ a task's transaction
 
     @contextlib.asynccontextmanager
     async def task_transaction(self, task_id: str) -> AsyncIterator[TaskTransaction]:
@@ -168,85 +416,111 @@ class Database:
         The lock is a transaction-scoped advisory lock keyed on the task id, so
         it is released by COMMIT, ROLLBACK, or the server when the connection
         dies: a crashed process can never leave a task locked. Raises
-        ``TaskLocked`` at once when another holder has it. Commits when the
-        block ends normally, unless ``rollback_only`` was set (dry runs).
+        ``TaskLocked`` at once when another holder has it, and after
+        ``lock_timeout`` when another session holds the row (``FOR UPDATE``).
+        Commits when the block ends normally, unless ``rollback_only`` was set
+        (dry runs); ``CommitUnknown`` when the COMMIT got no answer.
         """
         async with self._task_slots, self._cursor() as cur:
-            tx = TaskTransaction(cur, task_id)
+            tx = TaskTransaction(cur, task_id, self._timeout + self._lock_timeout)
             async with _transaction(cur, commit=lambda: not tx.rollback_only):
-                with _translated():
-                    # A pipeline worker updating the row must not stall a batch.
-                    await cur.execute("SET LOCAL lock_timeout = '5s'")
-                    await cur.execute(
-                        "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
-                        ("data_pipeline_task:" + task_id,),
-                    )
-                    if not (await cur.fetchone())[0]:
-                        raise TaskLocked(task_id)
-                    await tx.load()
+                # A pipeline worker holding the row must not stall a batch.
+                await _execute(cur, "SET LOCAL lock_timeout = %s", (_ms(self._lock_timeout),))
+                # The session's statement_timeout must outlast that wait.
+                await _execute(cur, "SET LOCAL statement_timeout = %s", (_ms(tx.lock_wait),))
+                await _execute(
+                    cur,
+                    "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
+                    ("data_pipeline_task:" + task_id,),
+                )
+                if not (await cur.fetchone())[0]:
+                    raise TaskLocked(task_id)
+                await tx.load()
                 yield tx
 
 
 class TaskTransaction:
     """One task's record, read and changed inside its locked transaction."""
 
-    def __init__(self, cur: Any, task_id: str) -> None:
+    def __init__(self, cur: Any, task_id: str, lock_wait: float) -> None:
         self._cur = cur
         self.task_id = task_id
+        self.lock_wait = lock_wait  # the client bound of a statement that waits for a row lock
         self.record: dict[str, Any] | None = None
         self.running_steps: list[str] = []
         self.rollback_only = False
 
     async def load(self) -> None:
         cur = self._cur
-        await cur.execute(
+        await _execute(
+            cur,
             f"SELECT {TASK_COLUMNS} FROM data_pipeline_tasks WHERE task_id = %s FOR UPDATE",
             (self.task_id,),
+            bound=self.lock_wait,
         )
-        rows = _dicts(cur, await cur.fetchall())
+        rows = await _fetchall(cur)
         self.record = rows[0] if rows else None
-        await cur.execute(
-            "SELECT step_name FROM data_pipeline_task_steps"
-            " WHERE task_id = %s AND step_status = 'running' ORDER BY id",
-            (self.task_id,),
-        )
-        self.running_steps = [r[0] for r in await cur.fetchall()]
+        await _execute(cur, RUNNING_STEPS, (self.task_id,))
+        self.running_steps = [r["step_name"] for r in await _fetchall(cur)]
 
     async def set_directory_exists(self, exists: bool, at: datetime) -> bool:
         """Record whether the directory exists; False when there is no record."""
-        with _translated():
-            await self._cur.execute(
-                "UPDATE data_pipeline_tasks SET directory_exists = %s, updated_at = %s"
-                " WHERE task_id = %s",
-                (exists, at, self.task_id),
-            )
-            return self._cur.rowcount > 0
+        await _execute(
+            self._cur,
+            "UPDATE data_pipeline_tasks SET directory_exists = %s, updated_at = %s"
+            " WHERE task_id = %s",
+            (exists, at, self.task_id),
+        )
+        return self._cur.rowcount > 0
 
     async def delete_records(self) -> bool:
         """Delete the task and its steps; False when there was no record."""
-        with _translated():
-            # Steps first: an older pipeline schema may lack ON DELETE CASCADE.
-            await self._cur.execute(
-                "DELETE FROM data_pipeline_task_steps WHERE task_id = %s", (self.task_id,)
-            )
-            await self._cur.execute(
-                "DELETE FROM data_pipeline_tasks WHERE task_id = %s", (self.task_id,)
-            )
-            return self._cur.rowcount > 0
+        # Steps first: an older pipeline schema may lack ON DELETE CASCADE.
+        # A step row a pipeline worker holds is waited for lock_timeout at most.
+        await _execute(
+            self._cur,
+            "DELETE FROM data_pipeline_task_steps WHERE task_id = %s",
+            (self.task_id,),
+            bound=self.lock_wait,
+        )
+        await _execute(
+            self._cur, "DELETE FROM data_pipeline_tasks WHERE task_id = %s", (self.task_id,)
+        )
+        return self._cur.rowcount > 0
+
+
+class _Blocked(Exception):
+    """Inside ``_schema_step``: roll back, and report what blocks the change."""
+
+    def __init__(self, blocker: _Blocker) -> None:
+        super().__init__(blocker.describe())
+        self.blocker = blocker
+
+
+def _lock_name(change: schema.Change) -> str:
+    return f"a lock on {change.table}"
 
 
 @contextlib.asynccontextmanager
-async def _transaction(cur: Any, commit: Any = lambda: True) -> AsyncIterator[None]:
-    with _translated():
-        await cur.execute("BEGIN")
+async def _transaction(cur: Any, commit: Callable[[], bool] = lambda: True) -> AsyncIterator[None]:
+    await _execute(cur, "BEGIN")
     try:
         yield
     except BaseException:
-        with contextlib.suppress(psycopg2.Error):
-            await cur.execute("ROLLBACK")
+        if not cur.connection.closed:  # a timed-out connection is already gone
+            with contextlib.suppress(DatabaseError, TaskLocked):
+                await _execute(cur, "ROLLBACK")
         raise
-    with _translated():
-        await cur.execute("COMMIT" if commit() else "ROLLBACK")
+    if not commit():
+        await _execute(cur, "ROLLBACK")
+        return
+    if cur.connection.closed:
+        raise DatabaseUnavailable("connection lost before COMMIT; nothing was committed")
+    try:
+        await _execute(cur, "COMMIT")
+    except DatabaseUnavailable as e:
+        # Sent, and no answer: the server may have committed it, or may still.
+        raise CommitUnknown(f"COMMIT got no answer: {e}") from e
 
 
 def _dicts(cur: Any, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:

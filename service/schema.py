@@ -1,15 +1,36 @@
 """The pipeline's tables (DESIGN.md §1), created when missing and migrated in place.
 
+Start-up must never stall the pipeline. So the schema is described as a list
+of changes, each with the catalogue question that says whether it is needed
+and the table lock its DDL takes:
+
+- the catalogue is read first (``to_regclass``, ``pg_attribute``: no lock on
+  any table); when nothing is missing no DDL runs at all;
+- a change that locks an existing table runs only when no other session holds
+  a conflicting lock on it (``pg_locks``), and under a short ``lock_timeout``
+  for the race in between: the pipeline's queries never queue behind it for
+  longer than that;
+- each change is its own transaction (an ``ALTER`` must not keep its ACCESS
+  EXCLUSIVE lock while an index builds), under an advisory lock so that two
+  service processes starting at once make each change once.
+
 Every statement is idempotent and adds only what is missing: on a database
 that the pipeline already created, no existing row or column is changed.
 Adding a column with a constant default is a catalogue-only change in
 PostgreSQL 11+, so existing rows read ``directory_exists = true`` without
-being rewritten.
+being rewritten. ``CREATE INDEX`` takes a SHARE lock (it blocks the
+pipeline's writes while it builds): it gets the same lock check and timeout.
 """
 
-STATEMENTS = (
-    """
-    CREATE TABLE IF NOT EXISTS data_pipeline_tasks (
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TASKS = "data_pipeline_tasks"
+STEPS = "data_pipeline_task_steps"
+
+CREATE_TASKS = f"""
+    CREATE TABLE IF NOT EXISTS {TASKS} (
         task_id varchar(32) PRIMARY KEY,
         task_name varchar(255),
         task_type varchar(50) NOT NULL DEFAULT 'data_workflow'
@@ -31,11 +52,11 @@ STATEMENTS = (
         directory_exists boolean DEFAULT true,
         updated_at timestamp
     )
-    """,
     """
-    CREATE TABLE IF NOT EXISTS data_pipeline_task_steps (
+CREATE_STEPS = f"""
+    CREATE TABLE IF NOT EXISTS {STEPS} (
         id serial PRIMARY KEY,
-        task_id varchar(32) REFERENCES data_pipeline_tasks(task_id) ON DELETE CASCADE,
+        task_id varchar(32) REFERENCES {TASKS}(task_id) ON DELETE CASCADE,
         execution_id varchar(100),
         step_name varchar(50) NOT NULL
             CHECK (step_name IN ('ddl_generation', 'qa_generation',
@@ -46,17 +67,103 @@ STATEMENTS = (
         completed_at timestamp,
         error_message text
     )
-    """,
-    # The two columns that deletion needs; an older pipeline database lacks them.
-    "ALTER TABLE data_pipeline_tasks"
-    " ADD COLUMN IF NOT EXISTS directory_exists boolean DEFAULT true",
-    "ALTER TABLE data_pipeline_tasks ADD COLUMN IF NOT EXISTS updated_at timestamp",
-    "CREATE INDEX IF NOT EXISTS dp_tasks_created_at_idx ON data_pipeline_tasks (created_at DESC)",
-    "CREATE INDEX IF NOT EXISTS dp_task_steps_task_id_idx ON data_pipeline_task_steps (task_id)",
-)
+    """
+# The two columns that deletion needs; an older pipeline database lacks them.
+ADDED_COLUMNS = {"directory_exists": "boolean DEFAULT true", "updated_at": "timestamp"}
+INDEXES = {
+    "dp_tasks_created_at_idx": (TASKS, "created_at DESC"),
+    "dp_task_steps_task_id_idx": (STEPS, "task_id"),
+}
+
+# What is there: the relations (tables and indexes) and the task table's columns.
+# Catalogue reads only: this takes no lock on any of the tables.
+CATALOG_QUERY = """
+    SELECT name, to_regclass(name) IS NOT NULL AS present,
+           ARRAY(SELECT attname::text FROM pg_attribute
+                 WHERE attrelid = to_regclass(name) AND attnum > 0 AND NOT attisdropped)
+               AS columns
+    FROM unnest(%s::text[]) AS n(name)
+    """
+CATALOG_NAMES = [TASKS, STEPS, *INDEXES]
+
+# pg_locks modes that conflict with each mode a change takes (the table in
+# the PostgreSQL manual, "Conflicting Lock Modes").
+_ALL = [
+    "AccessShareLock",
+    "RowShareLock",
+    "RowExclusiveLock",
+    "ShareUpdateExclusiveLock",
+    "ShareLock",
+    "ShareRowExclusiveLock",
+    "ExclusiveLock",
+    "AccessExclusiveLock",
+]
+CONFLICTS = {
+    "AccessExclusiveLock": _ALL,
+    "ShareRowExclusiveLock": _ALL[2:],
+    "ShareLock": [m for m in _ALL[2:] if m != "ShareLock"],
+}
+
+# Who holds a lock on ``table`` in one of the modes that would block us: the
+# session the migration waits for, with what it is doing.
+HOLDERS_QUERY = """
+    SELECT l.pid, l.mode, a.state, a.query
+    FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'relation' AND l.granted AND l.relation = to_regclass(%s)
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.pid IS DISTINCT FROM pg_backend_pid() AND l.mode = ANY(%s)
+    ORDER BY a.xact_start NULLS FIRST
+    LIMIT 1
+    """
 
 # Serialises schema set-up between service processes starting at once on one
 # database; an arbitrary constant of this service.
 SCHEMA_LOCK_KEY = 0x5441534B  # "TASK"
+SCHEMA_LOCK_HOLDER_QUERY = """
+    SELECT l.pid, l.mode, a.state, a.query
+    FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = %s
+      AND l.objsubid = 1 AND l.pid IS DISTINCT FROM pg_backend_pid()
+    LIMIT 1
+    """
+
+
+@dataclass(frozen=True)
+class Change:
+    """One missing piece: its DDL, and the existing table it locks (None: it
+    creates a table and conflicts with nobody)."""
+
+    what: str
+    sql: str
+    table: str | None = None
+    mode: str = "AccessExclusiveLock"
+
+
+def missing_changes(catalog: dict[str, tuple[bool, list[str]]]) -> list[Change]:
+    """What is missing, in the order it must be made, from CATALOG_QUERY's rows
+    (name -> (present, columns))."""
+    present = {name for name, (exists, _) in catalog.items() if exists}
+    changes = []
+    if TASKS not in present:
+        changes.append(Change(f"table {TASKS}", CREATE_TASKS))
+    else:
+        lacking = [c for c in ADDED_COLUMNS if c not in catalog[TASKS][1]]
+        if lacking:
+            adds = ", ".join(f"ADD COLUMN IF NOT EXISTS {c} {ADDED_COLUMNS[c]}" for c in lacking)
+            changes.append(
+                Change(f"columns {', '.join(lacking)}", f"ALTER TABLE {TASKS} {adds}", TASKS)
+            )
+    if STEPS not in present:
+        # The foreign key takes SHARE ROW EXCLUSIVE on the (maybe existing) task table.
+        table = TASKS if TASKS in present else None
+        changes.append(Change(f"table {STEPS}", CREATE_STEPS, table, "ShareRowExclusiveLock"))
+    for index, (table, columns) in INDEXES.items():
+        if index not in present:
+            sql = f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({columns})"
+            # A table created in this start-up is empty and nobody else's yet.
+            locks = table if table in present else None
+            changes.append(Change(f"index {index}", sql, locks, "ShareLock"))
+    return changes
+
 
 TASK_STATUSES = ("pending", "in_progress", "partial_completed", "completed", "failed")

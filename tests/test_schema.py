@@ -4,11 +4,18 @@ own older tables, the two missing columns are added without touching a row."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from datetime import datetime
 
+import psycopg2
+import psycopg2.errors
+import pytest
+import structlog
+
 from service.app import create_app
-from service.db import Database
+from service.db import Database, SchemaBlocked
 
 URL = "/api/v0/data_pipeline/tasks"
 
@@ -294,3 +301,140 @@ async def test_migration_keeps_the_flags_this_service_wrote(pg, database_url):
     task = pg.task("task_a")
     assert task["directory_exists"] is False
     assert task["updated_at"] == datetime(2025, 7, 2, 22, 57, 21)
+
+
+async def test_service_processes_starting_at_once_migrate_the_pipelines_tables_once(
+    pg, database_url
+):
+    create_legacy_tables(pg)
+    before = snapshot(pg)
+    await asyncio.gather(*(ensure_schema(database_url) for _ in range(4)))
+    assert_expected_columns(pg)
+    assert snapshot(pg) == before
+
+
+# ---------------------------------------------------------------- never stall the pipeline
+
+
+@pytest.fixture
+def pipeline_session(database_url):
+    """A session of the pipeline's own, with a transaction it keeps open."""
+    conn = psycopg2.connect(database_url)
+    yield conn
+    conn.rollback()
+    conn.close()
+
+
+def backend_pid(conn) -> int:
+    return conn.info.backend_pid  # without a query: the session's last query must stay its own
+
+
+def slowest_select(url: str, seconds: float) -> float:
+    """The pipeline's reads, from a third session, for ``seconds``: the longest
+    one took this long (a read stuck more than 20 s counts as 20 s)."""
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    slowest, end = 0.0, time.monotonic() + seconds
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = '20s'")
+            while time.monotonic() < end:
+                started = time.monotonic()
+                with contextlib.suppress(psycopg2.errors.QueryCanceled):
+                    cur.execute("SELECT count(*) FROM data_pipeline_tasks")
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.02)
+    finally:
+        conn.close()
+    return slowest
+
+
+async def test_migration_never_queues_the_pipelines_reads_behind_it(
+    pg, database_url, pipeline_session
+):
+    """An older database lacks the columns; a pipeline transaction has read the
+    table and stays open. Start-up waits for it without ever making the
+    pipeline's other reads wait, says whom it waits for, and migrates once the
+    transaction ends."""
+    create_legacy_tables(pg)
+    with pipeline_session.cursor() as cur:
+        cur.execute("SELECT task_id FROM data_pipeline_tasks ORDER BY task_id")
+    holder = backend_pid(pipeline_session)
+    db = await Database.connect(database_url, lock_timeout=1)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            migration = asyncio.ensure_future(db.ensure_schema(wait=60))
+            slowest = await asyncio.to_thread(slowest_select, database_url, 4)
+            assert not migration.done()
+            assert slowest < 1.5, f"a pipeline read waited {slowest:.1f} s"
+            waits = [e for e in logs if e["event"] == "schema_migration_waiting"]
+            assert waits and waits[0]["blocking_pid"] == holder, logs
+            assert waits[0]["waits_for"] == "a lock on data_pipeline_tasks"
+            assert waits[0]["blocking_state"] == "idle in transaction"
+            assert "SELECT task_id FROM data_pipeline_tasks" in waits[0]["blocking_query"]
+            pipeline_session.rollback()  # the pipeline's transaction ends
+            await asyncio.wait_for(migration, 10)
+    finally:
+        pipeline_session.rollback()  # also when an assert failed: nothing may wait for it
+        await db.close()
+    assert_expected_columns(pg)
+
+
+async def test_nothing_missing_runs_no_ddl_even_while_the_tables_are_locked(
+    pg, database_url, pipeline_session
+):
+    """A second start-up on a complete schema changes nothing, so it needs no
+    lock: it starts even while the pipeline holds both tables exclusively."""
+    await ensure_schema(database_url)
+    with pipeline_session.cursor() as cur:
+        cur.execute(
+            "LOCK TABLE data_pipeline_tasks, data_pipeline_task_steps IN ACCESS EXCLUSIVE MODE"
+        )
+    await asyncio.wait_for(ensure_schema(database_url), 10)
+
+
+async def test_an_index_waits_for_writers_but_not_for_readers(pg, database_url, pipeline_session):
+    """CREATE INDEX takes a SHARE lock: a reading transaction does not stop it,
+    an open writing one does, and start-up gives up naming that session."""
+    await ensure_schema(database_url)
+    pg.rows("INSERT INTO data_pipeline_tasks (task_id, parameters) VALUES ('task_a', '{}')")
+    pg.rows("DROP INDEX dp_tasks_created_at_idx")
+    with pipeline_session.cursor() as cur:
+        cur.execute("SELECT * FROM data_pipeline_tasks")
+    await asyncio.wait_for(ensure_schema(database_url), 10)
+    assert pg.rows("SELECT 1 FROM pg_indexes WHERE indexname = 'dp_tasks_created_at_idx'")
+
+    pipeline_session.rollback()
+    pg.rows("DROP INDEX dp_tasks_created_at_idx")
+    with pipeline_session.cursor() as cur:
+        cur.execute("UPDATE data_pipeline_tasks SET status = 'failed' WHERE task_id = 'task_a'")
+    holder = backend_pid(pipeline_session)
+    db = await Database.connect(database_url)
+    try:
+        with pytest.raises(SchemaBlocked) as blocked:
+            await db.ensure_schema(lock_timeout=0.5, wait=2)
+    finally:
+        await db.close()
+    assert str(blocked.value) == (
+        f"schema migration waited 2 s for a lock on data_pipeline_tasks held by pid {holder}"
+        " (idle in transaction: UPDATE data_pipeline_tasks SET status = 'failed'"
+        " WHERE task_id = 'task_a')"
+    )
+    assert not pg.rows("SELECT 1 FROM pg_indexes WHERE indexname = 'dp_tasks_created_at_idx'")
+
+
+def test_start_up_that_cannot_migrate_says_why_and_exits(pg, service_factory, pipeline_session):
+    """A real service process: it gives up after schema_wait with the blocking
+    session in its one error line, not a misleading "cannot listen"."""
+    create_legacy_tables(pg)
+    with pipeline_session.cursor() as cur:
+        cur.execute("SELECT task_id FROM data_pipeline_tasks")
+    holder = backend_pid(pipeline_session)
+    with pytest.raises(RuntimeError, match="service exited") as exited:
+        service_factory(settings_text="[database]\nlock_timeout = 0.5\nschema_wait = 2\n")
+    assert (
+        "error: database unavailable: schema migration waited 2 s for a lock on"
+        f" data_pipeline_tasks held by pid {holder} (idle in transaction: SELECT task_id"
+        " FROM data_pipeline_tasks)"
+    ) in str(exited.value)
+    assert "directory_exists" not in columns(pg, "data_pipeline_tasks")
