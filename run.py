@@ -86,6 +86,8 @@ def _serve(settings: Settings) -> int:
         serve(create_app(settings), settings)
     except ListenError as e:
         return _fail(f"cannot listen on {settings.host}:{settings.port}: {e.strerror}")
+    except TrashUnsafe as e:
+        return _fail(str(e))
     except OSError as e:  # at start-up: an embedded database, the audit file
         return _fail(f"cannot start: {e}")
     return 0

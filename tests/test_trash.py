@@ -130,6 +130,21 @@ async def test_start_up_refuses_a_trash_symlink_and_touches_nothing_through_it(
     assert tree_snapshot(outside) == before
 
 
+def test_the_service_process_says_why_in_one_line(pg, base_dir, workdir, database_url):
+    outside = workdir / "home"
+    before = decoy(outside)
+    (base_dir / ".trash").symlink_to(outside)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "--config", str(workdir / "settings.toml"),
+         "--port", "0"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DATABASE_URL": database_url},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: 回收区 .trash 是符号链接，拒绝使用"
+    assert tree_snapshot(outside) == before
+
+
 @root_only
 def test_reconcile_refuses_a_trash_symlink_and_touches_nothing_through_it(
     service_factory, pg, base_dir, workdir, database_url
