@@ -111,7 +111,7 @@ async def test_a_dry_run_takes_no_lock(client, task_factory, database_url, base_
             cur.execute("SELECT 1 FROM data_pipeline_tasks WHERE task_id = 'task_a' FOR UPDATE")
         body = await delete(client, "task_a", dry_run=True)
         (done,) = body["data"]["deleted_tasks"]
-        assert (done["deleted_files_count"], done["deleted_bytes"]) == (6, 71)  # 21 B config + 5 x 10 B
+        assert (done["deleted_files_count"], done["deleted_bytes"]) == (6, 71)  # config: 21 B
         body = await delete(client, "task_a")  # a real run still respects the lock
         assert body["data"]["failed_tasks"][0]["error_code"] == "TASK_LOCKED"
     finally:
