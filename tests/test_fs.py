@@ -138,13 +138,26 @@ def test_purge_removes_the_tree_and_its_token_directory(tmp_path: Path) -> None:
     assert not os.path.lexists(holder)
 
 
-def test_can_run_in_a_worker_thread(tmp_path: Path) -> None:
-    root = tmp_path / "task_1"
-    files, size = make_tree(root)
-    with ThreadPoolExecutor(1) as pool:
-        stats = pool.submit(fs.walk_tree, root, remove=True).result()
-    assert counts(stats) == (files, size, 0)
-    assert not [t for t in threading.enumerate() if t.name.startswith("purge")]
+@pytest.fixture
+def small_pool() -> Iterator[None]:
+    """A 2-thread pool and an 8-descriptor budget for the process; defaults after."""
+    fs.configure(threads=2, descriptors=8)
+    try:
+        yield
+    finally:
+        fs.configure(threads=8, descriptors=256)
+
+
+def test_walks_in_many_worker_threads_share_one_small_pool(tmp_path: Path, small_pool) -> None:
+    # As the service calls it: each walk in a thread of its own (asyncio.to_thread),
+    # all sharing the process's purge pool; no walk starts threads of its own.
+    roots = [tmp_path / f"task_{i}" for i in range(6)]
+    expected = [make_tree(root) for root in roots]
+    with ThreadPoolExecutor(6) as callers:
+        stats = list(callers.map(lambda r: fs.walk_tree(r, remove=True), roots))
+    assert [counts(s) for s in stats] == [(f, b, 0) for f, b in expected]
+    assert not any(os.path.lexists(root) for root in roots)
+    assert len([t for t in threading.enumerate() if t.name.startswith("purge")]) <= 2
 
 
 # ---------------------------------------------------------------- symlinks and devices
@@ -418,19 +431,23 @@ def test_a_failed_detach_leaves_no_token_directory(base: Path) -> None:
     assert os.listdir(base / ".trash") == []
 
 
-def test_more_large_directories_than_threads(tmp_path: Path, monkeypatch) -> None:
-    # Every thread reads a directory of its own while the chunks it hands off
-    # wait: the walk must neither deadlock nor lose a chunk.
-    monkeypatch.setattr(fs, "_WORKERS", 2)
+def test_more_large_directories_than_threads(tmp_path: Path, monkeypatch, small_pool) -> None:
+    # Several walks hand chunks to a 2-thread pool at once, one of them from
+    # inside a pool thread: none may deadlock nor lose a chunk.
     monkeypatch.setattr(fs, "_CHUNK", 8)
-    root = tmp_path / "task_1"
-    for d in range(12):
-        (root / f"file_bak_{d}" / "inner").mkdir(parents=True)
-        for i in range(60):
-            (root / f"file_bak_{d}" / f"t_{i}.ddl").write_bytes(b"d" * d)
-        (root / f"file_bak_{d}" / "inner" / "x").write_bytes(b"x")
     expected = (12 * 61, sum(60 * d + 1 for d in range(12)), 0)
+    roots = [tmp_path / f"task_{n}" for n in range(4)]
+    for root in roots:
+        for d in range(12):
+            (root / f"file_bak_{d}" / "inner").mkdir(parents=True)
+            for i in range(60):
+                (root / f"file_bak_{d}" / f"t_{i}.ddl").write_bytes(b"d" * d)
+            (root / f"file_bak_{d}" / "inner" / "x").write_bytes(b"x")
 
-    assert counts(fs.walk_tree(root, remove=False)) == expected
-    assert counts(fs.walk_tree(root, remove=True)) == expected
-    assert not os.path.lexists(root)
+    with ThreadPoolExecutor(3) as callers:
+        dry = list(callers.map(lambda r: fs.walk_tree(r, remove=False), roots[:3]))
+        inside = fs._get_pool().submit(fs.walk_tree, roots[3], remove=True)
+        real = list(callers.map(lambda r: fs.walk_tree(r, remove=True), roots[:3]))
+    assert [counts(s) for s in dry + real] == [expected] * 6
+    assert counts(inside.result(timeout=60)) == expected
+    assert not any(os.path.lexists(root) for root in roots)
