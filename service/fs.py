@@ -104,11 +104,15 @@ def directory_problem(base_dir: Path, path: Path) -> str | None:
     real_base = os.path.realpath(base_dir)
     if os.path.dirname(os.path.realpath(path)) != real_base:
         return "任务目录不在任务根目录之下，拒绝删除"
-    if mounts.is_mount_point(path):
-        return "任务目录本身是挂载点，拒绝删除"
+    try:
+        if mounts.is_mount_point(path):
+            return "任务目录本身是挂载点，拒绝删除"
+        inside = mounts.mounts_below(path)
+    except OSError as e:  # fail closed: a mount we cannot rule out is a mount
+        return f"无法确认任务目录内有无挂载点，拒绝删除: {_reason(e)}"
     if st.st_dev != os.stat(real_base).st_dev:
         return "任务目录不在任务根目录所在的文件系统上，拒绝删除"
-    if inside := mounts.mounts_below(path):
+    if inside:
         shown = ", ".join(inside[:5]) + (f" 等 {len(inside)} 个" if len(inside) > 5 else "")
         return f"任务目录内有挂载点，拒绝删除: {shown}"
     return None
@@ -330,6 +334,7 @@ class _Walk:
 
     def run(self) -> None:
         outer = self.outer
+        outer.mnt = mounts.mount_id(outer.fd)  # for open_dir's fallback without openat2
         try:
             st = os.stat(self.name, dir_fd=outer.fd, follow_symlinks=False)
         except FileNotFoundError:
