@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -96,3 +97,41 @@ def test_parallel_deletes_of_deep_trees_under_a_low_descriptor_limit(
     assert os.listdir(base_dir) in ([], [".trash"])
     if os.path.isdir(base_dir / ".trash"):
         assert os.listdir(base_dir / ".trash") == []
+
+
+def test_all_walks_together_hold_no_more_descriptors_than_the_budget(tmp_path: Path) -> None:
+    # In this process: 8 walks of deep trees at once, 8 descriptors for them
+    # all; /proc/self/fd sampled meanwhile. Without the shared budget each walk
+    # would hold one descriptor per level it keeps open, or per thread.
+    from service import fs
+
+    roots = [tmp_path / f"task_{n}" for n in range(8)]
+    expected = [build_deep(root) for root in roots]
+    budget = 8
+    fs.configure(threads=4, descriptors=budget)
+    baseline = len(os.listdir("/proc/self/fd"))
+    peak, done = baseline, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, len(os.listdir("/proc/self/fd")))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(len(roots)) as callers:
+            dry = list(callers.map(lambda r: fs.walk_tree(r, remove=False), roots))
+            real = list(callers.map(lambda r: fs.walk_tree(r, remove=True), roots))
+    finally:
+        done.set()
+        sampler.join()
+        fs.configure(threads=8, descriptors=256)
+
+    for stats in (dry, real):
+        assert [(s.files, s.bytes, s.error_count) for s in stats] == [
+            (f, b, 0) for f, b in expected
+        ]
+    assert not any(os.path.lexists(root) for root in roots)
+    # + one per walk_tree for the root's parent, + the sampler's own listdir
+    assert peak - baseline <= budget + len(roots) + 1, (baseline, peak)
