@@ -563,18 +563,32 @@ class _Walk:
             self.fail(d, None, _reason(e))
         finally:
             self._closed()
+            # The tail is shared out too: a directory of a few hundred names is
+            # common, and one thread alone on its last chunk would leave the others idle.
+            piece = max(_CHUNK // 16, -(-len(chunk) // (_threads + 1)))
+            while len(chunk) > piece and self.pool is not None:
+                handed = self._hand_off(d, chunk[-piece:], handed)
+                del chunk[-piece:]
             self._files(d, chunk)
-            for job, names in handed:  # they use d.fd: all must be done before it closes
-                if job.cancel():  # never waits on queued work: the pool cannot deadlock
+            # They use d.fd: all must be done before it closes. Queued ones are done
+            # here (never waits on queued work: the pool cannot deadlock).
+            for job, names in reversed(handed):
+                if job.cancel():
                     self.slots.release()
                     self._files(d, names)
-                else:
+            for job, _ in handed:
+                if not job.cancelled():
                     job.result()
         d.subdirs = subdirs
 
     def _hand_off(self, d: _Dir, chunk: list[str], handed: _Handed) -> _Handed:
         """Give ``chunk`` to the pool, or do it here; return the chunks still in flight."""
-        in_flight = [(job, names) for job, names in handed if not job.done()]
+        in_flight = []
+        for job, names in handed:
+            if job.done():
+                job.result()  # a bug in a job surfaces here, not lost
+            else:
+                in_flight.append((job, names))
         if self.pool is not None and self.slots.acquire(blocking=False):
             in_flight.append((self.pool.submit(self._chunk, d, chunk), chunk))
         else:
