@@ -253,7 +253,7 @@ def main() -> None:
         f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f},"
         f" {rm_version.splitlines()[0]}"
         f"\nfs: {describe_fs(work)}; before each removal: {caches}"
-        f"\npurge: workers={fs._WORKERS}, chunk={fs._CHUNK}; building in {work}",
+        f"\npurge: workers={fs._threads} (process-wide), chunk={fs._CHUNK}; building in {work}",
         flush=True,
     )
     shapes = args.shapes.split(",")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -140,13 +141,26 @@ def test_purge_removes_the_tree_and_its_token_directory(tmp_path: Path) -> None:
     assert not os.path.lexists(holder)
 
 
-def test_can_run_in_a_worker_thread(tmp_path: Path) -> None:
-    root = tmp_path / "task_1"
-    files, size = make_tree(root)
-    with ThreadPoolExecutor(1) as pool:
-        stats = pool.submit(fs.walk_tree, root, remove=True).result()
-    assert counts(stats) == (files, size, 0)
-    assert not [t for t in threading.enumerate() if t.name.startswith("purge")]
+@pytest.fixture
+def small_pool() -> Iterator[None]:
+    """A 2-thread pool and an 8-descriptor budget for the process; defaults after."""
+    fs.configure(threads=2, descriptors=8)
+    try:
+        yield
+    finally:
+        fs.configure(threads=8, descriptors=256)
+
+
+def test_walks_in_many_worker_threads_share_one_small_pool(tmp_path: Path, small_pool) -> None:
+    # As the service calls it: each walk in a thread of its own (asyncio.to_thread),
+    # all sharing the process's purge pool; no walk starts threads of its own.
+    roots = [tmp_path / f"task_{i}" for i in range(6)]
+    expected = [make_tree(root) for root in roots]
+    with ThreadPoolExecutor(6) as callers:
+        stats = list(callers.map(lambda r: fs.walk_tree(r, remove=True), roots))
+    assert [counts(s) for s in stats] == [(f, b, 0) for f, b in expected]
+    assert not any(os.path.lexists(root) for root in roots)
+    assert len([t for t in threading.enumerate() if t.name.startswith("purge")]) <= 2
 
 
 # ---------------------------------------------------------------- symlinks and devices
@@ -421,19 +435,181 @@ def test_a_failed_detach_leaves_nothing_in_the_trash(base: Path) -> None:
     assert os.listdir(base / ".trash") == []
 
 
-def test_more_large_directories_than_threads(tmp_path: Path, monkeypatch) -> None:
-    # Every thread reads a directory of its own while the chunks it hands off
-    # wait: the walk must neither deadlock nor lose a chunk.
-    monkeypatch.setattr(fs, "_WORKERS", 2)
+def test_more_large_directories_than_threads(tmp_path: Path, monkeypatch, small_pool) -> None:
+    # Several walks hand chunks to a 2-thread pool at once, one of them from
+    # inside a pool thread: none may deadlock nor lose a chunk.
     monkeypatch.setattr(fs, "_CHUNK", 8)
-    root = tmp_path / "task_1"
-    for d in range(12):
-        (root / f"file_bak_{d}" / "inner").mkdir(parents=True)
-        for i in range(60):
-            (root / f"file_bak_{d}" / f"t_{i}.ddl").write_bytes(b"d" * d)
-        (root / f"file_bak_{d}" / "inner" / "x").write_bytes(b"x")
     expected = (12 * 61, sum(60 * d + 1 for d in range(12)), 0)
+    roots = [tmp_path / f"task_{n}" for n in range(4)]
+    for root in roots:
+        for d in range(12):
+            (root / f"file_bak_{d}" / "inner").mkdir(parents=True)
+            for i in range(60):
+                (root / f"file_bak_{d}" / f"t_{i}.ddl").write_bytes(b"d" * d)
+            (root / f"file_bak_{d}" / "inner" / "x").write_bytes(b"x")
 
-    assert counts(fs.walk_tree(root, remove=False)) == expected
-    assert counts(fs.walk_tree(root, remove=True)) == expected
+    with ThreadPoolExecutor(3) as callers:
+        dry = list(callers.map(lambda r: fs.walk_tree(r, remove=False), roots[:3]))
+        inside = fs._get_pool().submit(fs.walk_tree, roots[3], remove=True)
+        real = list(callers.map(lambda r: fs.walk_tree(r, remove=True), roots[:3]))
+    assert [counts(s) for s in dry + real] == [expected] * 6
+    assert counts(inside.result(timeout=60)) == expected
+    assert not any(os.path.lexists(root) for root in roots)
+
+
+# ---------------------------------------------------------------- what a dry run sees
+
+
+@pytest.fixture
+def flags(tmp_path: Path) -> Iterator:
+    """``flags(path, "+i" | "+a")``: real chattr; cleared at teardown."""
+    marked: list[Path] = []
+
+    def mark(path: Path, flag: str) -> None:
+        result = subprocess.run(["chattr", flag, str(path)], capture_output=True, text=True)
+        if result.returncode:
+            pytest.skip(f"chattr {flag} not supported here: {result.stderr.strip()}")
+        marked.append(path)
+
+    yield mark
+    for path in marked:
+        subprocess.run(["chattr", "-i", "-a", str(path)], capture_output=True)
+
+
+def test_dry_run_reports_immutable_and_append_only_entries_as_the_real_run_does(
+    tmp_path: Path, flags
+) -> None:
+    root = tmp_path / "task_1"
+    files, size = make_tree(root)
+    (root / "sealed.log").write_bytes(b"s" * 11)  # +i: cannot be unlinked
+    (root / "journal.log").write_bytes(b"j" * 13)  # +a: cannot be unlinked either
+    (root / "append_dir").mkdir()  # +a directory: nothing in it can be removed
+    for i in range(3):
+        (root / "append_dir" / f"e_{i}.json").write_bytes(b"e" * 7)
+    (root / "frozen_empty").mkdir()  # +i directory: empty, yet cannot be removed
+    flags(root / "sealed.log", "+i")
+    flags(root / "journal.log", "+a")
+    flags(root / "append_dir", "+a")
+    flags(root / "frozen_empty", "+i")
+    stuck = {
+        "sealed.log",
+        "journal.log",
+        "frozen_empty",
+        *(f"append_dir/e_{i}.json" for i in range(3)),
+    }
+
+    dry = fs.walk_tree(root, remove=False)
+    real = fs.walk_tree(root, remove=True)
+
+    assert counts(dry) == counts(real) == (files, size, 6)
+    for stats in (dry, real):
+        assert {e.split(": ")[0] for e in stats.errors} == stuck
+    assert sorted(os.listdir(root)) == ["append_dir", "frozen_empty", "journal.log", "sealed.log"]
+    assert len(os.listdir(root / "append_dir")) == 3
+
+
+def test_dry_run_reports_an_immutable_directory_s_entries_as_the_real_run_does(
+    tmp_path: Path, chattr
+) -> None:
+    root = tmp_path / "task_1"
+    (root / "vector_bak").mkdir(parents=True)
+    for i in range(5):
+        (root / "vector_bak" / f"e_{i}.json").write_bytes(b"x" * 10)
+    (root / "free.txt").write_bytes(b"free")
+    chattr(root / "vector_bak")
+
+    dry = fs.walk_tree(root, remove=False)
+    real = fs.walk_tree(root, remove=True)
+
+    assert counts(dry) == counts(real) == (1, 4, 5)
+    for stats in (dry, real):
+        assert sorted(e.split(": ")[0] for e in stats.errors) == [
+            f"vector_bak/e_{i}.json" for i in range(5)
+        ]
+
+
+_AS_NOBODY = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from service import fs  # imported as root: the interpreter's files are closed to nobody
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+out = {}
+for remove in (False, True):
+    s = fs.walk_tree(fs.Path(sys.argv[2]), remove=remove)
+    out[str(remove)] = [s.files, s.bytes, s.error_count, sorted(e.split(": ")[0] for e in s.errors)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switches to the user nobody (needs root)")
+def test_dry_run_of_a_non_root_service_uses_permission_bits(tmp_path: Path) -> None:
+    import json
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path's parents are closed to nobody
+    try:
+        os.chmod(top, 0o755)
+        root = top / "task_1"
+        files, size = make_tree(root)
+        (root / "readonly").mkdir()
+        for i in range(4):
+            (root / "readonly" / f"r_{i}.md").write_bytes(b"r" * 3)
+        (root / "locked").mkdir()
+        (root / "locked" / "secret.json").write_bytes(b"{}")
+        subprocess.run(["chown", "-R", "65534:65534", str(top)], check=True)
+        os.chmod(root / "readonly", 0o555)  # readable, not writable: its entries stay
+        os.chmod(root / "locked", 0o000)  # not even readable
+
+        result = subprocess.run(
+            [sys.executable, "-c", _AS_NOBODY, str(Path(fs.__file__).parent.parent), str(root)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+
+        assert out["False"] == out["True"]
+        assert out["True"][:3] == [files, size, 5]
+        assert out["True"][3] == ["locked", *(f"readonly/r_{i}.md" for i in range(4))]
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwx", str(top)], check=False)
+        subprocess.run(["rm", "-rf", str(top)], check=False)
+
+
+# ---------------------------------------------------------------- hard links: bytes actually freed
+
+
+def test_a_file_hard_linked_twice_inside_the_tree_frees_its_bytes_once(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(fs, "_CHUNK", 4)  # the links land in different threads' chunks
+    root = tmp_path / "task_1"
+    for d in ("a", "b", "c"):
+        (root / d).mkdir(parents=True)
+        for i in range(20):
+            (root / d / f"f_{i}.txt").write_bytes(b"f")
+    (root / "a" / "model.bin").write_bytes(b"m" * 10_000)
+    os.link(root / "a" / "model.bin", root / "b" / "model_link.bin")
+    os.link(root / "a" / "model.bin", root / "c" / "model_link2.bin")
+    expected = (60 + 3, 60 + 10_000, 0)
+
+    dry = fs.walk_tree(root, remove=False)
+    real = fs.walk_tree(root, remove=True)
+
+    assert counts(dry) == counts(real) == expected
     assert not os.path.lexists(root)
+
+
+def test_a_file_with_a_link_outside_the_tree_frees_nothing(tmp_path: Path) -> None:
+    outside = tmp_path / "keep.bin"
+    outside.write_bytes(b"k" * 5000)
+    root = tmp_path / "task_1"
+    root.mkdir()
+    os.link(outside, root / "shared.bin")
+    (root / "own.bin").write_bytes(b"o" * 7)
+
+    dry = fs.walk_tree(root, remove=False)
+    real = fs.walk_tree(root, remove=True)
+
+    assert counts(dry) == counts(real) == (2, 7, 0)
+    assert outside.read_bytes() == b"k" * 5000
+    assert os.stat(outside).st_nlink == 1
