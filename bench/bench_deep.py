@@ -1,4 +1,4 @@
-"""Benchmark: deep trees, ``rm -rf`` against ``service.fs.purge`` (issue 8, finding 6).
+"""Benchmark: deep trees, ``rm -rf`` against ``service.fs.walk_tree`` (issue 8, finding 6).
 
 Run from the repository root (it prints results; it is not a test)::
 
@@ -73,7 +73,7 @@ def child(path: str) -> None:
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    stats = fs.purge(Path(path))
+    stats = fs.walk_tree(Path(path), remove=True)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(

@@ -1,4 +1,4 @@
-"""Benchmark: ``rm -rf`` against ``service.fs.purge`` on identical trees.
+"""Benchmark: ``rm -rf`` against ``service.fs.walk_tree`` on identical trees.
 
 Run from the repository root (it prints results; it is not a test)::
 
@@ -183,7 +183,7 @@ def child(path: str, mode: str) -> None:
         tracemalloc.start()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    stats = fs.purge(holder / "task")  # the holder goes too, as after a detach
+    stats = fs.walk_tree(holder / "task", remove=True)
     seconds = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB on Linux
     traced = tracemalloc.get_traced_memory()[1] // 1024 if mode == "tracemalloc" else None

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 from aiohttp import web
 
-from service import handlers, keys
+from service import fs, handlers, keys
 from service.audit import AuditLog
 from service.auth import auth_middleware
 from service.db import Database
@@ -73,6 +73,7 @@ def create_app(settings: Settings) -> web.Application:
         # would leave other tasks' short calls waiting behind long purges.
         executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="dptask")
         asyncio.get_running_loop().set_default_executor(executor)
+        fs.configure(threads=settings.purge_threads, descriptors=settings.walk_descriptors)
         yield
 
     async def database(app: web.Application) -> AsyncIterator[None]:

@@ -48,7 +48,6 @@ import resource
 import stat
 import threading
 import time
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,41 +115,6 @@ def directory_problem(base_dir: Path, path: Path) -> str | None:
         shown = ", ".join(inside[:5]) + (f" 等 {len(inside)} 个" if len(inside) > 5 else "")
         return f"任务目录内有挂载点，拒绝删除: {shown}"
     return None
-
-
-def detach(path: Path, trash_dir: Path) -> Path:
-    """Rename ``path`` into ``trash_dir/<token>/<name>`` and return the new path.
-
-    One rename: readers see the task gone at once. The token directory keeps
-    the task id as the inner name, so a crash sweep can read it back.
-    """
-    trash_dir.mkdir(mode=0o700, exist_ok=True)
-    holder = trash_dir / uuid.uuid4().hex
-    holder.mkdir(mode=0o700)
-    target = holder / path.name
-    try:
-        os.rename(path, target)
-    except OSError:
-        os.rmdir(holder)
-        raise
-    fsync_dir(path.parent)
-    fsync_dir(holder)
-    return target
-
-
-def reattach(detached: Path, path: Path) -> None:
-    """Undo ``detach``: rename the tree back, never over something that exists."""
-    if os.path.lexists(path):
-        raise FileExistsError(f"{path} exists again; the tree stays at {detached}")
-    os.rename(detached, path)
-    fsync_dir(path.parent)
-    remove_holder(detached)
-
-
-def remove_holder(detached: Path) -> None:
-    """Remove the (now empty) token directory that held a detached tree."""
-    with contextlib.suppress(FileNotFoundError):
-        os.rmdir(detached.parent)
 
 
 def fsync_dir(path: Path) -> None:
@@ -237,14 +201,6 @@ def _mark_pool_thread() -> None:
 
 
 # ---------------------------------------------------------------- the walk
-
-
-def purge(detached: Path) -> TreeStats:
-    """Remove a detached tree and, when it is all gone, its token directory."""
-    stats = walk_tree(detached, remove=True)
-    if not stats.error_count:
-        remove_holder(detached)
-    return stats
 
 
 def walk_tree(root: Path, *, remove: bool) -> TreeStats:

@@ -185,13 +185,13 @@ class Trash:
     def purge(self, detached: Path) -> fs.TreeStats:
         """Remove a detached tree, counting it; never follows a symlink."""
         with self._located(detached) as (parent_fd, name):
-            return _walk_at(parent_fd, name, remove=True)
+            return fs.walk_at(parent_fd, name, remove=True)
 
     def dry_run_stats(self, task_id: str) -> fs.TreeStats:
         """What deleting ``base_dir/<task_id>`` would remove; changes nothing.
         Fails as ``detach`` would (``TaskFailed``) when the trash is unusable."""
         base_fd, _ = self._fds_for_a_deletion()
-        return _walk_at(base_fd, _plain(task_id), remove=False)
+        return fs.walk_at(base_fd, _plain(task_id), remove=False)
 
     def exists(self, task_id: str) -> bool:
         """Whether ``base_dir/<task_id>`` exists (as anything, a link too)."""
@@ -459,28 +459,3 @@ def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     if rc != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), dst)
-
-
-def _walk_at(dir_fd: int, name: str, *, remove: bool) -> fs.TreeStats:
-    """Count (and remove) the entry ``name`` of ``dir_fd``, itself included."""
-    walk_at = getattr(fs, "walk_at", None)
-    if walk_at is not None:
-        return walk_at(dir_fd, name, remove=remove)
-    # TODO(walk_at): until fs.walk_at lands, the old walk on the path the
-    # held descriptor has now (from the kernel, not resolved from base_dir).
-    stats = fs.TreeStats()
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return stats
-    if stat.S_ISDIR(st.st_mode):
-        return fs.walk_tree(Path(os.readlink(f"/proc/self/fd/{dir_fd}")) / name, remove=remove)
-    try:
-        if remove:
-            os.unlink(name, dir_fd=dir_fd)
-    except OSError as e:
-        stats.fail(name, e.strerror or str(e))
-        return stats
-    stats.files = 1
-    stats.bytes = st.st_size if stat.S_ISREG(st.st_mode) else 0
-    return stats

@@ -133,12 +133,12 @@ def test_dry_run_counts_what_a_real_run_removes_and_changes_nothing(tmp_path: Pa
     assert not os.path.lexists(root)
 
 
-def test_purge_removes_the_tree_and_its_token_directory(tmp_path: Path) -> None:
+def test_a_removing_walk_removes_the_tree_itself(tmp_path: Path) -> None:
     holder = tmp_path / "trash" / "token"
     files, size = make_tree(holder / "task_1")
 
-    assert counts(fs.purge(holder / "task_1")) == (files, size, 0)
-    assert not os.path.lexists(holder)
+    assert counts(fs.walk_tree(holder / "task_1", remove=True)) == (files, size, 0)
+    assert not os.path.lexists(holder / "task_1")
 
 
 @pytest.fixture
@@ -248,7 +248,7 @@ def test_an_undeletable_file_is_reported_and_everything_else_removed(
     locked = root / "file_bak_20250702_223802" / "nested" / "deep.md"
     chattr(locked)
 
-    stats = fs.purge(root)  # must not raise
+    stats = fs.walk_tree(root, remove=True)  # must not raise
 
     assert stats.error_count == 1
     assert stats.errors[0].startswith("file_bak_20250702_223802/nested/deep.md: ")
