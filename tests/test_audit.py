@@ -314,7 +314,6 @@ class TestThroughTheService:
         return f'[audit]\npath = "{audit_fs / "audit.log"}"\n'
 
     @needs_root
-    @pytest.mark.xfail(strict=True, reason="needs pipeline reserve() call")
     async def test_no_task_is_deleted_without_its_audit_line(
         self, audit_fs, client, task_factory, base_dir
     ):

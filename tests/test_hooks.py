@@ -9,7 +9,7 @@ import time
 import pluggy
 import pytest
 
-from service import hookspecs, keys
+from service import appkeys, hookspecs
 from service.app import create_app
 from service.errors import TaskFailed, Veto
 from service.hookrunner import run_hook
@@ -31,7 +31,7 @@ def plugins():
 async def client(aiohttp_client, settings, plugins):
     app = create_app(settings)
     for plugin in plugins:
-        app[keys.PLUGINS].register(plugin)
+        app[appkeys.PLUGINS].register(plugin)
     return await aiohttp_client(app)
 
 
@@ -257,7 +257,7 @@ async def test_without_a_detach_implementation_nothing_is_recorded(
     aiohttp_client, settings, task_factory, base_dir, pg
 ):
     app = create_app(settings)
-    app[keys.PLUGINS].unregister(name="builtin.directory")
+    app[appkeys.PLUGINS].unregister(name="builtin.directory")
     client = await aiohttp_client(app)
     task_factory("task_a")
     body = await delete(client, "task_a")
@@ -289,7 +289,7 @@ async def test_a_request_cancelled_during_detach_leaves_the_task_whole(
     task_factory("task_a", files=7)
     before = tree_snapshot(base_dir / "task_a")
     batch = BatchContext(["task_a"], DeleteOptions(), request_id="r", client=None)
-    deletion = asyncio.ensure_future(client.app[keys.DELETER].delete_batch(batch))
+    deletion = asyncio.ensure_future(client.app[appkeys.DELETER].delete_batch(batch))
     await asyncio.sleep(0.1)  # the rename is under way in its thread
     deletion.cancel()
     with pytest.raises(asyncio.CancelledError):
