@@ -235,22 +235,31 @@ def test_every_hook_states_its_contract():
         assert "Return" in doc, f"{name} does not state its return contract"
 
 
-class SeesFailedPaths:
+class SeesFailures:
+    """Records what the task hooks and the batch hook see of failed tasks."""
+
     def __init__(self):
         self.paths = {}
+        self.batch_failed = []
 
     @hookimpl
     def dptask_delete_failed(self, task, result):
         self.paths[task.task_id] = task.path
 
+    @hookimpl
+    def dptask_batch_finished(self, batch, data):
+        self.batch_failed = [(f["task_id"], f["error_code"]) for f in data["failed_tasks"]]
 
-SEES = SeesFailedPaths()
+
+SEES = SeesFailures()
 
 
 @pytest.mark.parametrize("plugins", [[SEES]])
 async def test_no_hook_sees_a_path_built_from_an_invalid_id(client, schema):
+    """An invalid id gets no TaskContext: only the batch hook sees its failure."""
     await delete(client, "/etc", "../x")
-    assert SEES.paths == {"/etc": None, "../x": None}
+    assert SEES.paths == {}
+    assert sorted(SEES.batch_failed) == [("../x", "INVALID_TASK_ID"), ("/etc", "INVALID_TASK_ID")]
 
 
 async def test_without_a_detach_implementation_nothing_is_recorded(
