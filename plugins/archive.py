@@ -36,13 +36,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from service import fs
-from service.db import Database, DatabaseError
-from service.errors import TaskFailed
-from service.hookspecs import hookimpl
-from service.pipeline import TaskContext, id_problem
-from service.settings import Settings, SettingsError
-from service.trash import Trash
+from service.plugin_api import (
+    RestoreFailed,
+    Settings,
+    SettingsError,
+    TaskContext,
+    TaskFailed,
+    hookimpl,
+    restore_tree,
+)
 
 ARCHIVE_FAILED = "ARCHIVE_FAILED"
 OPTIONS = {
@@ -53,6 +55,8 @@ OPTIONS = {
 }
 _MODES = {"tar.gz": "w:gz", "tar": "w"}
 _FREE_CHECK_EVERY = 16 * 1024**2  # bytes written between two free-space checks
+# Every directory of a tree is opened with these: a symlink is never gone through.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class ArchiveError(Exception):
@@ -66,6 +70,7 @@ def create_plugin(options: dict[str, Any], settings: Settings) -> Archiver:
         raise SettingsError("settings: plugins.archive.compression_level must be 0..9")
     directory = Path(options["dir"]).expanduser()
     return Archiver(
+        settings,
         directory if directory.is_absolute() else settings.root / directory,
         options["format"],
         options["compression_level"],
@@ -74,11 +79,18 @@ def create_plugin(options: dict[str, Any], settings: Settings) -> Archiver:
 
 
 class Archiver:
-    def __init__(self, directory: Path, fmt: str, level: int, min_free_bytes: int) -> None:
+    def __init__(
+        self, settings: Settings, directory: Path, fmt: str, level: int, min_free_bytes: int
+    ) -> None:
+        self.settings = settings
         self.directory = directory
         self.format = fmt
         self.level = level
         self.min_free_bytes = min_free_bytes
+
+    async def restore(self, archive: Path) -> str:
+        """``python run.py restore ARCHIVE``: see ``restore`` below."""
+        return await restore(self, archive)
 
     def path_for(self, task_id: str) -> Path:
         return self.directory / f"{task_id}-{datetime.now():%Y%m%dT%H%M%S%f}.{self.format}"
@@ -143,13 +155,22 @@ def write_archive(src: Path, dest: Path, fmt: str, level: int, min_free_bytes: i
         if found != written:
             raise ArchiveError(f"校验不符: 写入 {written}，读回 {found}（成员数, 字节数）")
         os.rename(tmp, dest)
-        fs.fsync_dir(dest.parent)
+        _fsync_dir(dest.parent)
         return dest.stat().st_size
     except (OSError, tarfile.TarError, EOFError) as e:
         raise ArchiveError(getattr(e, "strerror", None) or str(e)) from e
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the archive's rename durable: it survives a power loss, not only a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _add_tree(tar: tarfile.TarFile, src: Path) -> tuple[int, int]:
@@ -160,7 +181,7 @@ def _add_tree(tar: tarfile.TarFile, src: Path) -> tuple[int, int]:
     while the tree is archived is never followed. One descriptor is open per
     level of depth; a directory's names are the only list held.
     """
-    root = os.open(src, fs.DIR_FLAGS)
+    root = os.open(src, _DIR_FLAGS)
     stack = [(root, src.name, iter(_names(root)))]
     members, size = 1, 0
     try:
@@ -182,7 +203,7 @@ def _add_tree(tar: tarfile.TarFile, src: Path) -> tuple[int, int]:
             else:
                 _add(tar, info, None)
             if info.isdir():
-                child = _open_same(name, fd, st, fs.DIR_FLAGS)
+                child = _open_same(name, fd, st, _DIR_FLAGS)
                 stack.append((child, info.name, iter(_names(child))))
     finally:
         for fd, _, _ in stack:
@@ -275,18 +296,11 @@ def task_id_of(archive: Path) -> str:
         return first.name.split("/", 1)[0]
 
 
-def extract_task(archive: Path, trash: Trash, task_id: str) -> Path:
-    """Extract the archive's tree into a new entry of the service's trash and
-    return its label; refuse any member that would land outside the task's
-    directory. On failure nothing is left behind.
-
-    Into the trash, not a holder beside the tasks: the trash is the service's
-    own (0700, reached through descriptors), so nobody who can write
-    ``base_dir`` can rename the tree being extracted or plant a link in it;
-    it is on ``base_dir``'s file system, so going into place is one rename;
-    and a crash leaves a tree the sweep already judges by its record.
-    """
-    label, root_fd = trash.create(task_id)
+def extract_into(archive: Path, task_id: str, root_fd: int) -> None:
+    """Extract the archive's tree below ``root_fd`` (the empty directory
+    ``restore_tree`` made for it in the service's trash), refusing any member
+    that would land outside the task's directory. Raises ``RestoreFailed``;
+    ``restore_tree`` then leaves nothing behind."""
     try:
         with tarfile.open(archive, "r:*") as tar:
             extractor = _Extractor(root_fd)
@@ -295,15 +309,10 @@ def extract_task(archive: Path, trash: Trash, task_id: str) -> Path:
                 extractor.add(tar, info)
                 tar.members.clear()
             extractor.finish()
-        return label
+    except ArchiveError as e:
+        raise RestoreFailed(str(e)) from e
     except (OSError, tarfile.TarError) as e:
-        trash.purge(label)
-        raise ArchiveError(getattr(e, "strerror", None) or str(e)) from e
-    except BaseException:
-        trash.purge(label)
-        raise
-    finally:
-        os.close(root_fd)
+        raise RestoreFailed(getattr(e, "strerror", None) or str(e)) from e
 
 
 class _Extractor:
@@ -376,7 +385,7 @@ class _Extractor:
                 if create:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(name, 0o700, dir_fd=fd)  # tar may omit a directory's member
-                child = os.open(name, fs.DIR_FLAGS, dir_fd=fd)
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
             except OSError as e:
                 if e.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
@@ -423,57 +432,13 @@ def _check_member(info: tarfile.TarInfo, task_id: str, *, first: bool) -> None:
         raise ArchiveError(f"成员 {info.name!r} 的类型不允许恢复")
 
 
-async def restore(settings: Settings, db: Database, archive: Path) -> str:
-    """Put an archived task back under ``base_dir`` and record that its
-    directory exists, as deletion does in reverse: under the task's lock,
-    extract into the trash, commit ``directory_exists = true``, then rename
-    into place. A crash before the commit leaves a tree the sweep removes;
-    after it, one the sweep renames into place. Raises ``ArchiveError`` (or
-    ``TrashUnsafe``) with what happened, and only what happened."""
-    task_id = await asyncio.to_thread(task_id_of, archive)
-    if problem := id_problem(task_id, settings):
-        raise ArchiveError(f"归档中的任务ID {task_id!r} 无效: {problem}")
-    trash = Trash(settings.base_dir)
-    await asyncio.to_thread(trash.open)
+async def restore(archiver: Archiver, archive: Path) -> str:
+    """Put an archived task back under ``base_dir`` (``python run.py restore``):
+    the archive format is this plugin's, the rest (the lock, the trash, the
+    record, the rename into place) is the service's ``restore_tree``."""
     try:
-        return await _restore(trash, settings, db, archive, task_id)
-    finally:
-        trash.close()
-
-
-async def _restore(
-    trash: Trash, settings: Settings, db: Database, archive: Path, task_id: str
-) -> str:
-    target = settings.base_dir / task_id
-    extracted: Path | None = None
-    try:
-        async with db.task_transaction(task_id) as tx:
-            if await asyncio.to_thread(trash.exists, task_id):
-                raise ArchiveError(f"{target} 已存在，拒绝覆盖")
-            extracted = await asyncio.to_thread(extract_task, archive, trash, task_id)
-            found = await tx.set_directory_exists(True, datetime.now())
-    except DatabaseError as e:
-        if extracted is None:
-            raise
-        # Committed or not, the record decides: the sweep puts the tree into
-        # place if it says the directory exists, and removes it if not.
-        raise ArchiveError(
-            f"数据库操作失败，归档内容留在回收区 {extracted.name}，由重启时的清理按记录处理"
-        ) from e
-    try:
-        await asyncio.to_thread(trash.reattach, extracted, task_id)
-    except FileNotFoundError:
-        # Another process's sweep took the lock after our commit and put it
-        # into place: restored all the same.
-        if not await asyncio.to_thread(trash.exists, task_id):
-            raise
-    except FileExistsError as e:
-        raise ArchiveError(
-            f"{target} 已存在，拒绝覆盖；记录已标为目录存在，归档内容留在回收区 {extracted.name}"
-        ) from e
-    except OSError as e:
-        raise ArchiveError(
-            f"无法放入 {target}（{e.strerror or e}）；记录已标为目录存在，"
-            f"归档内容留在回收区 {extracted.name}，由重启时的清理放回"
-        ) from e
-    return f"restored {task_id} to {target}" + ("" if found else " (no record for this task)")
+        task_id = await asyncio.to_thread(task_id_of, archive)
+    except ArchiveError as e:
+        raise RestoreFailed(str(e)) from e
+    fill = functools.partial(extract_into, archive, task_id)
+    return await restore_tree(archiver.settings, task_id, fill)

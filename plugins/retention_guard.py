@@ -11,10 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from service.errors import Veto
-from service.hookspecs import hookimpl
-from service.pipeline import TaskContext
-from service.settings import Settings, SettingsError
+from service.plugin_api import Settings, SettingsError, TaskContext, Veto, hookimpl
 
 RETENTION_GUARD = "RETENTION_GUARD"
 OPTIONS = {"min_age_hours": 24.0, "keep_statuses": [], "allow_force": False}

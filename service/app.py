@@ -17,16 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 from aiohttp import web
 
-from service import fs, handlers, keys
+from service import appkeys, fs, handlers
 from service.audit import AuditLog
 from service.auth import auth_middleware
 from service.db import Database
 from service.embedded import start_embedded
-from service.errors import error_middleware
 from service.logs import request_context_middleware
 from service.openapi import API
 from service.pipeline import Deleter
 from service.plugin_manager import create_plugin_manager
+from service.responses import error_middleware
 from service.settings import Settings
 from service.sweep import put_back, sweep_in_background
 from service.trash import Trash
@@ -63,9 +63,9 @@ def create_app(settings: Settings) -> web.Application:
     )
     audit_log = AuditLog(settings.audit_path)
     trash = Trash(settings.base_dir)
-    app[keys.SETTINGS] = settings
-    app[keys.TRASH] = trash
-    app[keys.PLUGINS] = create_plugin_manager(settings, trash)
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.TRASH] = trash
+    app[appkeys.PLUGINS] = create_plugin_manager(settings, trash)
 
     async def threads(app: web.Application) -> AsyncIterator[None]:
         # Every file-system call runs in a worker thread, and a purge holds one
@@ -78,8 +78,8 @@ def create_app(settings: Settings) -> web.Application:
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         async with open_database(settings) as db:
-            app[keys.DB] = db
-            app[keys.DELETER] = Deleter(settings, db, app[keys.PLUGINS], trash, audit_log)
+            app[appkeys.DB] = db
+            app[appkeys.DELETER] = Deleter(settings, db, app[appkeys.PLUGINS], trash, audit_log)
             yield
 
     async def audit(app: web.Application) -> AsyncIterator[None]:
@@ -97,7 +97,7 @@ def create_app(settings: Settings) -> web.Application:
             log.error("trash_unavailable", trash=str(trash.label), error=e.strerror or str(e))
             yield
             return
-        db = app[keys.DB]
+        db = app[appkeys.DB]
         report = await put_back(trash, settings, db)
         report.log("trash_put_back")
         purging = asyncio.create_task(sweep_in_background(trash, db, report.committed))

@@ -55,7 +55,7 @@ import structlog
 from service.formatting import iso
 
 if TYPE_CHECKING:
-    from service.pipeline import BatchContext, TaskContext
+    from service.pipeline import BatchContext
 
 log = structlog.get_logger("audit")
 
@@ -91,13 +91,16 @@ def encode_line(record: dict[str, Any]) -> bytes:
     return (text + "\n").encode("utf-8", "backslashreplace")
 
 
-def task_record(task: TaskContext, result: dict[str, Any], outcome: str) -> dict[str, Any]:
-    """The fields of a ``task_delete`` line (``outcome``: "deleted" or "failed")."""
+def task_record(
+    batch: BatchContext, task_id: str, result: dict[str, Any], outcome: str
+) -> dict[str, Any]:
+    """The fields of a ``task_delete`` line (``outcome``: "deleted" or "failed");
+    from the batch and the id, so an invalid id (which has no TaskContext) has one too."""
     return {
-        "request_id": task.request_id,
-        "client": task.client,
-        "actor": task.actor,
-        "task_id": task.task_id,
+        "request_id": batch.request_id,
+        "client": batch.client,
+        "actor": batch.actor,
+        "task_id": task_id,
         "outcome": outcome,
         "error_code": result.get("error_code"),
         "error": result.get("error"),
@@ -105,8 +108,8 @@ def task_record(task: TaskContext, result: dict[str, Any], outcome: str) -> dict
         "bytes": result.get("deleted_bytes", 0),
         "directory_deleted": result.get("directory_deleted", False),
         "database_records_deleted": result.get("database_records_deleted", False),
-        "dry_run": task.options.dry_run,
-        "force": task.options.force,
+        "dry_run": batch.options.dry_run,
+        "force": batch.options.force,
         "duration_ms": result.get("duration_ms"),
     }
 

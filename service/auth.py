@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service import keys
+from service import appkeys
 from service.errors import Forbidden, Unauthorized
 
 # What each method needs: reading, or deleting.
@@ -22,9 +22,9 @@ ANONYMOUS = "anonymous"
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    tokens = request.app[keys.SETTINGS].tokens
+    tokens = request.app[appkeys.SETTINGS].tokens
     if not tokens:
-        request[keys.ACTOR] = ANONYMOUS
+        request[appkeys.ACTOR] = ANONYMOUS
         return await handler(request)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     digest = hashlib.sha256(given.strip().encode()).hexdigest()
@@ -37,5 +37,5 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     scope = _SCOPE.get(request.method, "delete")
     if scope not in token.scopes:
         raise Forbidden(f"访问令牌 {token.name} 缺少权限: {scope}")
-    request[keys.ACTOR] = token.name
+    request[appkeys.ACTOR] = token.name
     return await handler(request)

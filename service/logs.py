@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import structlog
 from aiohttp import web
 
-from service import keys
+from service import appkeys
 
 access_log = structlog.get_logger("access")
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -70,7 +70,7 @@ async def request_context_middleware(request: web.Request, handler: Any) -> web.
     """Bind a request id (the client's X-Request-ID when sane) and log the request."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = given if _CLIENT_REQUEST_ID.match(given) else uuid.uuid4().hex
-    request[keys.REQUEST_ID] = request_id
+    request[appkeys.REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.monotonic()
     status = 500

@@ -2,8 +2,8 @@
 batch of them.
 
 For one task:
-  0. the id is validated before anything else: no hook ever sees a path built
-     from an id that could leave the base directory;
+  0. the id is validated before anything else: an invalid id gets no
+     TaskContext (no path is built from it), so no task hook sees it;
   1. lock: a transaction-scoped advisory lock on the id (TASK_LOCKED if held);
   2. dptask_check_delete: every check runs, every veto is reported;
   3. dptask_before_removal: archiving and the like;
@@ -80,6 +80,8 @@ class DeleteOptions:
 
 @dataclass
 class BatchContext:
+    """One DELETE request: what every task of it shares."""
+
     task_ids: list[str]
     options: DeleteOptions
     request_id: str
@@ -89,19 +91,36 @@ class BatchContext:
 
 @dataclass
 class TaskContext:
+    """One task's deletion, as every hook sees it. Built only for a valid id:
+    ``path`` is ``base_dir / task_id`` and never leaves the base directory."""
+
     task_id: str
-    path: Path | None  # None only for an invalid id, which fails before any other hook
-    options: DeleteOptions
+    path: Path
+    batch: BatchContext
     settings: Settings
-    request_id: str
-    client: str | None
-    actor: str = "anonymous"
     transaction: TaskTransaction | None = None  # None in dry runs: they take no lock
     record: dict[str, Any] | None = None
     running_steps: list[str] = field(default_factory=list)
     directory_exists: bool = False
     now: datetime = field(default_factory=datetime.now)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    # The batch's fields, read through: a task never has its own copy of them.
+    @property
+    def options(self) -> DeleteOptions:
+        return self.batch.options
+
+    @property
+    def request_id(self) -> str:
+        return self.batch.request_id
+
+    @property
+    def client(self) -> str | None:
+        return self.batch.client
+
+    @property
+    def actor(self) -> str:
+        return self.batch.actor
 
 
 def id_problem(task_id: Any, settings: Settings) -> str | None:
@@ -176,40 +195,39 @@ class Deleter:
 
     async def delete_one(self, task_id: str, batch: BatchContext) -> tuple[bool, dict[str, Any]]:
         started = time.monotonic()
-        problem = id_problem(task_id, self.settings)
-        task = TaskContext(
-            task_id=task_id,
-            # A path is built only from a valid id: base_dir / "/etc" is /etc.
-            path=None if problem else self.settings.base_dir / task_id,
-            options=batch.options,
-            settings=self.settings,
-            request_id=batch.request_id,
-            client=batch.client,
-            actor=batch.actor,
-        )
+        task: TaskContext | None = None
+        if problem := id_problem(task_id, self.settings):
+            # No path, hence no context, is built from an invalid id (base_dir /
+            # "/etc" is /etc): no task hook sees it; dptask_batch_finished does,
+            # under failed_tasks, and the audit line is written all the same.
+            ok, result = False, _failure(task_id, errors.INVALID_TASK_ID, problem)
+        else:
+            task = TaskContext(task_id, self.settings.base_dir / task_id, batch, self.settings)
+            ok, result = await self._run(task)
+        result["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        if task is not None:
+            hook = "dptask_after_delete" if ok else "dptask_delete_failed"
+            await run_observers(self.pm, hook, task=task, result=result)
+        outcome = "deleted" if ok else "failed"
+        await self._audit("task_delete", task_record(batch, task_id, result, outcome))
+        return ok, result
+
+    async def _run(self, task: TaskContext) -> tuple[bool, dict[str, Any]]:
+        """Delete (or dry-run) one task; its failure becomes its ``failed_tasks`` entry."""
+        task_id = task.task_id
         try:
-            if problem:
-                raise TaskFailed(errors.INVALID_TASK_ID, problem)
-            run = self._dry_run if batch.options.dry_run else self._delete
-            ok, result = True, await run(task)
+            run = self._dry_run if task.options.dry_run else self._delete
+            return True, await run(task)
         except TaskFailed as e:
-            ok, result = False, _failure(task_id, e.code, e.message, **e.details)
+            return False, _failure(task_id, e.code, e.message, **e.details)
         except TaskLocked:
-            ok, result = False, _failure(task_id, errors.TASK_LOCKED, "任务正在被另一个请求删除")
+            return False, _failure(task_id, errors.TASK_LOCKED, "任务正在被另一个请求删除")
         except DatabaseError:
             log.warning("task_database_error", task_id=task_id, exc_info=True)
-            ok, result = (
-                False,
-                _failure(task_id, errors.DATABASE_ERROR, "数据库操作失败，任务未删除"),
-            )
+            return False, _failure(task_id, errors.DATABASE_ERROR, "数据库操作失败，任务未删除")
         except Exception:
             log.exception("task_delete_error", task_id=task_id)
-            ok, result = False, _failure(task_id, errors.DELETE_FAILED, "删除任务时发生内部错误")
-        result["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
-        hook = "dptask_after_delete" if ok else "dptask_delete_failed"
-        await run_observers(self.pm, hook, task=task, result=result)
-        await self._audit("task_delete", task_record(task, result, "deleted" if ok else "failed"))
-        return ok, result
+            return False, _failure(task_id, errors.DELETE_FAILED, "删除任务时发生内部错误")
 
     async def _check(self, task: TaskContext) -> None:
         """The pre-delete checks, then the before-removal hooks."""

@@ -39,7 +39,7 @@ def create_plugin_manager(settings: Settings, trash: Trash | None = None) -> plu
     )
     pm.register(records, name="builtin.records")
 
-    modules = [(name, _import_plugin(name)) for name in settings.plugins_enabled]
+    modules = [(name, _load_plugin(name)) for name in settings.plugins_enabled]
     if settings.plugins_entry_points:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if ep.name not in settings.plugins_enabled:
@@ -56,8 +56,8 @@ def create_plugin_manager(settings: Settings, trash: Trash | None = None) -> plu
     return pm
 
 
-def _import_plugin(name: str) -> ModuleType:
-    """A bare name is ``plugins/<name>.py``; a dotted path is any importable module."""
+def _load_plugin(name: str) -> ModuleType:
+    """A bare name is ``plugins/<name>.py``; a dotted path names any module."""
     module_name = name if "." in name else f"plugins.{name}"
     try:
         return importlib.import_module(module_name)

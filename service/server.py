@@ -46,7 +46,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from service.errors import envelope
+from service.responses import envelope
 from service.settings import Settings
 
 log = structlog.get_logger("server")

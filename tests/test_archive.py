@@ -101,6 +101,17 @@ async def test_restore_refuses_to_overwrite(client, task_factory, base_dir, work
     assert tree_snapshot(base_dir / "task_arch") == before
 
 
+def test_restore_needs_the_archive_plugin(settings, base_dir, workdir, database_url):
+    """``restore`` is the archive plugin's command: without the plugin, one clear line."""
+    archive = evil_archive(workdir / "any.tar.gz", ["task_a/x.txt"])
+    result = run_restore(workdir, database_url, str(archive))
+    assert result.returncode == 2
+    assert result.stderr == (
+        'error: restore needs the archive plugin: [plugins] enabled = ["archive"]\n'
+    )
+    assert [p.name for p in base_dir.iterdir()] == []
+
+
 def evil_archive(path: Path, names: list[str]) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for name in names:
@@ -110,6 +121,7 @@ def evil_archive(path: Path, names: list[str]) -> Path:
     return path
 
 
+@pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])
 @pytest.mark.parametrize(
     "names",
     [
@@ -134,6 +146,7 @@ def nothing_restored(base_dir: Path) -> bool:
     )
 
 
+@pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])
 def test_restore_refuses_a_member_written_through_a_symlink(
     settings, base_dir, workdir, database_url
 ):
@@ -151,6 +164,7 @@ def test_restore_refuses_a_member_written_through_a_symlink(
     assert nothing_restored(base_dir)
 
 
+@pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])
 @pytest.mark.parametrize("up", ["..", "../..", ".", "task_evil"])
 async def test_restore_never_writes_through_a_symlink_member(
     schema, base_dir, workdir, database_url, up
@@ -183,6 +197,7 @@ async def test_restore_never_writes_through_a_symlink_member(
     assert pg.task("task_evil")["directory_exists"] is False
 
 
+@pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])
 async def test_restore_keeps_modes_links_and_refuses_nothing_legitimate(
     schema, base_dir, workdir, database_url
 ):

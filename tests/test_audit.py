@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from service.audit import AuditLog, AuditUnavailable, batch_record, encode_line, task_record
-from service.pipeline import BatchContext, DeleteOptions, TaskContext
+from service.pipeline import BatchContext, DeleteOptions
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs / loop ext4 (root)")
 
@@ -264,12 +264,12 @@ def test_line_breaks_of_line_based_readers_are_escaped():
 async def test_a_message_with_line_separators_is_one_audit_line(tmp_path: Path, settings):
     audit = open_log(tmp_path / "audit.log")
     options = DeleteOptions()
-    task = TaskContext("task_1", None, options, settings, "req-1", "127.0.0.1")
     batch = BatchContext(["task_1"], options, "req-1", "127.0.0.1")
     try:
         failure = {"error": BREAKS, "error_code": "PLUGIN_ERROR"}
-        await audit.write("task_delete", **task_record(task, failure, "failed"))
-        await audit.write("task_delete", **task_record(task, {"deleted_files_count": 1}, "deleted"))
+        await audit.write("task_delete", **task_record(batch, "task_1", failure, "failed"))
+        deleted = {"deleted_files_count": 1}
+        await audit.write("task_delete", **task_record(batch, "task_1", deleted, "deleted"))
         await audit.write("delete_request", **batch_record(batch, {"summary": {"failed": 1}}))
     finally:
         audit.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service import keys
+from service import appkeys
 from service.app import create_app
 from service.embedded import start_embedded
 from service.hookspecs import hookimpl
@@ -82,7 +82,7 @@ async def test_database_lost_during_record_step_restores_the_directory(
     aiohttp_client, own_server, own_settings, base_dir
 ):
     app = create_app(own_settings)
-    app[keys.PLUGINS].register(StopsDatabaseBeforeRecordStep(own_server))
+    app[appkeys.PLUGINS].register(StopsDatabaseBeforeRecordStep(own_server))
     client = await aiohttp_client(app)
     pg = Pg(own_server.url)
     insert_task(pg, "task_a")

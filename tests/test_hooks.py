@@ -9,7 +9,7 @@ import time
 import pluggy
 import pytest
 
-from service import hookspecs, keys
+from service import appkeys, hookspecs
 from service.app import create_app
 from service.errors import TaskFailed, Veto
 from service.hookrunner import run_hook
@@ -31,7 +31,7 @@ def plugins():
 async def client(aiohttp_client, settings, plugins):
     app = create_app(settings)
     for plugin in plugins:
-        app[keys.PLUGINS].register(plugin)
+        app[appkeys.PLUGINS].register(plugin)
     return await aiohttp_client(app)
 
 
@@ -235,29 +235,38 @@ def test_every_hook_states_its_contract():
         assert "Return" in doc, f"{name} does not state its return contract"
 
 
-class SeesFailedPaths:
+class SeesFailures:
+    """Records what the task hooks and the batch hook see of failed tasks."""
+
     def __init__(self):
         self.paths = {}
+        self.batch_failed = []
 
     @hookimpl
     def dptask_delete_failed(self, task, result):
         self.paths[task.task_id] = task.path
 
+    @hookimpl
+    def dptask_batch_finished(self, batch, data):
+        self.batch_failed = [(f["task_id"], f["error_code"]) for f in data["failed_tasks"]]
 
-SEES = SeesFailedPaths()
+
+SEES = SeesFailures()
 
 
 @pytest.mark.parametrize("plugins", [[SEES]])
 async def test_no_hook_sees_a_path_built_from_an_invalid_id(client, schema):
+    """An invalid id gets no TaskContext: only the batch hook sees its failure."""
     await delete(client, "/etc", "../x")
-    assert SEES.paths == {"/etc": None, "../x": None}
+    assert SEES.paths == {}
+    assert sorted(SEES.batch_failed) == [("../x", "INVALID_TASK_ID"), ("/etc", "INVALID_TASK_ID")]
 
 
 async def test_without_a_detach_implementation_nothing_is_recorded(
     aiohttp_client, settings, task_factory, base_dir, pg
 ):
     app = create_app(settings)
-    app[keys.PLUGINS].unregister(name="builtin.directory")
+    app[appkeys.PLUGINS].unregister(name="builtin.directory")
     client = await aiohttp_client(app)
     task_factory("task_a")
     body = await delete(client, "task_a")
@@ -289,7 +298,7 @@ async def test_a_request_cancelled_during_detach_leaves_the_task_whole(
     task_factory("task_a", files=7)
     before = tree_snapshot(base_dir / "task_a")
     batch = BatchContext(["task_a"], DeleteOptions(), request_id="r", client=None)
-    deletion = asyncio.ensure_future(client.app[keys.DELETER].delete_batch(batch))
+    deletion = asyncio.ensure_future(client.app[appkeys.DELETER].delete_batch(batch))
     await asyncio.sleep(0.1)  # the rename is under way in its thread
     deletion.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from service import fs, keys
+from service import appkeys, fs
 from service.app import create_app
 from service.hookspecs import hookimpl
 from service.settings import load_settings
@@ -38,7 +38,7 @@ def plugins():
 async def client(aiohttp_client, settings, plugins):
     app = create_app(settings)
     for plugin in plugins:
-        app[keys.PLUGINS].register(plugin)
+        app[appkeys.PLUGINS].register(plugin)
     return await aiohttp_client(app)
 
 
@@ -189,7 +189,7 @@ async def test_the_remains_of_a_failed_purge_go_back_once_the_lock_is_free(
     aiohttp_client, settings, database_url, task_factory, base_dir, pg
 ):
     app = create_app(settings)
-    app[keys.PLUGINS].register(PurgeFailsWhileAnotherSessionLocks(database_url))
+    app[appkeys.PLUGINS].register(PurgeFailsWhileAnotherSessionLocks(database_url))
     client = await aiohttp_client(app)
     task_dir = task_factory("task_a", files=5)
     before = tree_snapshot(task_dir)
@@ -221,7 +221,7 @@ async def test_a_detach_that_fails_after_moving_is_recorded_truthfully(
     elsewhere = workdir / "elsewhere"
     elsewhere.mkdir()
     app = create_app(settings)
-    app[keys.PLUGINS].register(MovesThenFails(elsewhere))
+    app[appkeys.PLUGINS].register(MovesThenFails(elsewhere))
     client = await aiohttp_client(app)
     task_factory("task_a")
     body = await delete(client, "task_a")
@@ -292,7 +292,7 @@ async def test_a_commit_lost_to_a_hung_database_is_read_back(
     settings = load_settings(config, environ={"DATABASE_URL": url})
     hang = HangsTheDatabaseBeforeCommit(pgdata)
     app = create_app(settings)
-    app[keys.PLUGINS].register(hang)
+    app[appkeys.PLUGINS].register(hang)
     client = await aiohttp_client(app)
     pg = Pg(url)
     insert_task(pg, "task_a")

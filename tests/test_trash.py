@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from service import keys
+from service import appkeys
 from service.app import create_app
 from service.errors import TaskFailed
 from service.hookspecs import hookimpl
@@ -537,7 +537,7 @@ async def test_a_tree_goes_back_even_if_the_trash_was_swapped_meanwhile(
     outside = workdir / "home"
     home = decoy(outside)
     app = create_app(settings)
-    app[keys.PLUGINS].register(SwapsTrashThenFails(outside))
+    app[appkeys.PLUGINS].register(SwapsTrashThenFails(outside))
     client = await aiohttp_client(app)
     insert_task(pg, "task_a")
     task = make_task_dir(base_dir, "task_a", files=9)

@@ -88,3 +88,15 @@ async def create_demo_tasks(settings: Settings, db: Database, count: int) -> lis
         await asyncio.to_thread(_write_task_dir, settings.base_dir / task_id, task_id, rng)
         task_ids.append(task_id)
     return task_ids
+
+
+async def run(settings: Settings, count: int) -> int:
+    """The command: create ``count`` demo tasks and list them."""
+    from service.app import open_database
+
+    async with open_database(settings) as db:
+        task_ids = await create_demo_tasks(settings, db, count)
+    print(f"created {len(task_ids)} demo tasks under {settings.base_dir}:")
+    for task_id in task_ids:
+        print(f"  {task_id}")
+    return 0

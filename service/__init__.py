@@ -1,0 +1,1 @@
+"""The data-pipeline task service. Plugins import only ``service.plugin_api``."""
