@@ -1,5 +1,6 @@
-"""Built-in pre-delete checks (DESIGN.md §2 and §3): protected names, the
-directory's containment, a missing directory, and a running task."""
+"""Built-in pre-delete checks (``docs/design.md``, "The threat model"):
+protected names, the directory's containment, a missing directory, and a
+running task."""
 
 from __future__ import annotations
 
