@@ -14,7 +14,9 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "plugins.md"
@@ -25,7 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def hookspecs() -> list[tuple[str, object]]:
+def hookspecs() -> list[tuple[str, Callable[..., Any]]]:
     """The hookspecs in the order the module defines them (the order they run)."""
     from service import hookspecs as module
 
@@ -42,7 +44,7 @@ def _markdown(docstring: str) -> str:
     return re.sub(r"``(.+?)``", r"`\1`", docstring, flags=re.S)
 
 
-def _kind(fn: object) -> str:
+def _kind(fn: Callable[..., Any]) -> str:
     opts = getattr(fn, "dptask_spec", {}) or {}
     if opts.get("firstresult"):
         return "firstresult: the first non-None result wins"
