@@ -1,5 +1,5 @@
 """How values look in responses: sizes as the contract shows them, and
-timestamps as naive ISO strings (DESIGN.md §1)."""
+timestamps as naive ISO strings (``docs/design.md``, "The data model")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Request validation: the list query and the DELETE body (DESIGN.md §2).
+"""Request validation: the list query and the DELETE body (``docs/design.md``,
+"Choices the contract leaves open").
 
 Each bad input raises ``BadRequest`` (or ``MissingParams``) with a message
 that names the parameter; nothing is read by truthiness. Nothing ambiguous is

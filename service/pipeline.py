@@ -1,28 +1,14 @@
 """The deletion pipeline: one task's deletion as a sequence of hooks, and a
 batch of them.
 
-For one task:
-  0. the id is validated before anything else: an invalid id gets no
-     TaskContext (no path is built from it), so no task hook sees it;
-  1. lock: a transaction-scoped advisory lock on the id (TASK_LOCKED if held);
-  2. dptask_check_delete: every check runs, every veto is reported;
-  3. dptask_before_removal: archiving and the like;
-  4. dptask_detach_directory: one rename into the trash;
-  5. dptask_update_records, then COMMIT: on any failure up to the commit the
-     directory is renamed back and the task fails;
-  6. dptask_purge_directory: removal and counting in worker threads;
-  7. dptask_after_delete / dptask_delete_failed: every observer, then the
-     audit line, which the pipeline writes itself so that no plugin can
-     prevent, reorder or alter it.
+The protocol (the order of the steps, what a dry run does, what happens to an
+unknown COMMIT, what ``TaskContext`` carries) is written once, in the module
+docstring of ``service/hookspecs.py``; ``Deleter.delete_one`` follows it step
+by step. Why it is so, and what it guarantees after a crash:
+``docs/design.md``, "The deletion protocol and its crash guarantees".
 
-A dry run takes no lock and no task slot: it reads the record as it is
-(``Database.peek_task``) and walks the tree without removing, reporting what
-the real run could not remove with the code the real run would give.
-
-A COMMIT whose outcome is unknown (the database hung or went away during it)
-is resolved by reading the record back: the tree is purged if the deletion
-was committed and put back if not. While the database does not answer, the
-tree waits in the trash and a background task settles it when it does.
+The pipeline writes the audit lines itself, after the observer hooks, so that
+no plugin can prevent, reorder or alter them.
 """
 
 from __future__ import annotations

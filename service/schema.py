@@ -1,4 +1,5 @@
-"""The pipeline's tables (DESIGN.md §1), created when missing and migrated in place.
+"""The pipeline's tables (``docs/design.md``, "The data model"), created when
+missing and migrated in place.
 
 Start-up must never stall the pipeline. So the schema is described as a list
 of changes, each with the catalogue question that says whether it is needed

@@ -1,4 +1,5 @@
-"""The sweep of the trash a crash left behind (DESIGN.md §3), in two halves.
+"""The sweep of the trash a crash left behind (``docs/design.md``, "The
+start-up sweep"), in two halves.
 
 ``put_back``, before the service listens: a tree whose record says its
 directory exists was detached but never committed (or restored and committed

@@ -1,4 +1,5 @@
-"""DELETE /api/v0/data_pipeline/tasks: the contract, and every row of DESIGN.md §2."""
+"""DELETE /api/v0/data_pipeline/tasks: the contract, and every row of the table
+in docs/design.md, "Choices the contract leaves open"."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The tables of DESIGN.md §1: created on an empty database; on the pipeline's
-own older tables, the two missing columns are added without touching a row."""
+"""The tables of docs/design.md ("The data model"): created on an empty database;
+on the pipeline's own older tables, the two missing columns are added without
+touching a row."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from service.db import Database, SchemaBlocked
 
 URL = "/api/v0/data_pipeline/tasks"
 
-# The pipeline's original tables: DESIGN.md §1 without directory_exists and updated_at.
+# The pipeline's original tables: those of docs/design.md without directory_exists and
+# updated_at.
 LEGACY_TABLES = """
 CREATE TABLE data_pipeline_tasks (
     task_id varchar(32) PRIMARY KEY,
@@ -86,7 +88,7 @@ TASK_COLUMNS = (
     "task_id, task_name, task_type, status, parameters, result, error_message, created_at,"
     " started_at, completed_at, created_type, by_user, output_directory, db_name"
 )
-# Every column, with (type, length, nullable, default) as DESIGN.md §1 says.
+# Every column, with (type, length, nullable, default) as docs/design.md says.
 EXPECTED_COLUMNS = {
     "data_pipeline_tasks": {
         "task_id": ("character varying", 32, "NO", None),

@@ -1,8 +1,8 @@
-"""Built-in pre-delete checks (DESIGN.md §2 and §3): protected names, the
-directory's containment (``fs.directory_problem``: no symlink, a direct child
-of the base on its file system, not a mount point and nothing mounted inside,
-bind mounts included), a missing directory, and a running task. All refuse
-before anything is moved."""
+"""Built-in pre-delete checks (``docs/design.md``, "The threat model"):
+protected names, the directory's containment (``fs.directory_problem``: no
+symlink, a direct child of the base on its file system, not a mount point and
+nothing mounted inside, bind mounts included), a missing directory, and a
+running task. All refuse before anything is moved."""
 
 from __future__ import annotations
 
