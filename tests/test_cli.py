@@ -21,9 +21,7 @@ import requests
 import structlog
 
 from service.logs import configure_logging
-from tests.conftest import ROOT, free_port
-
-URL = "/api/v0/data_pipeline/tasks"
+from tests.helpers import ROOT, URL, free_port
 
 
 @contextlib.contextmanager

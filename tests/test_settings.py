@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.settings import SettingsError, load_settings
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 DEFAULT_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
