@@ -247,6 +247,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_py(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python run.py ARGS`` to its end, as an operator runs a command."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
 class ServiceProcess:
     """``python run.py`` in a subprocess, as an operator runs it."""
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, delete_ok, insert_task, make_task_dir, tree_snapshot
+from tests.helpers import delete_ok, insert_task, make_task_dir, run_py, tree_snapshot
 
 ARCHIVE_SETTINGS = """
 [plugins]
@@ -44,11 +43,7 @@ def leftovers(directory: Path) -> list[str]:
 
 def run_restore(workdir: Path, database_url: str, archive: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "--config", str(workdir / "settings.toml"),
-         "restore", archive],
-        capture_output=True, text=True, env=env, timeout=60,
-    )  # fmt: skip
+    return run_py("--config", str(workdir / "settings.toml"), "restore", archive, env=env)
 
 
 @pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])

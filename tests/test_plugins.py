@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from datetime import datetime, timedelta
 
 import pytest
 
 from service import hookspecs
-from tests.helpers import ROOT, delete_ok, write_settings
+from tests.helpers import ROOT, delete_ok, run_py, write_settings
 
 GUIDE = ROOT / "docs" / "plugins.md"
 
@@ -69,10 +67,7 @@ def start_with(workdir, settings_text: str, extra_files: dict[str, str] | None =
         path.write_text(text)
     config = write_settings(workdir, settings_text)
     env = {**os.environ, "PYTHONPATH": str(workdir), "DATABASE_URL": "postgresql://unused/x"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "--config", str(config), "--port", "0"],
-        capture_output=True, text=True, env=env, timeout=30,
-    )  # fmt: skip
+    return run_py("--config", str(config), "--port", "0", env=env, timeout=30)
 
 
 TYPO_PLUGIN = """

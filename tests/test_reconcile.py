@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from service.trash import Trash
-from tests.helpers import ROOT, insert_task, make_task_dir, mounted, tree_snapshot
+from tests.helpers import insert_task, make_task_dir, mounted, run_py, tree_snapshot
 
 
 def run_reconcile(workdir, database_url, *args):
     env = {**os.environ, "DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "--config", str(workdir / "settings.toml"),
-         "reconcile", *args],
-        capture_output=True, text=True, env=env, timeout=60,
-    )  # fmt: skip
+    return run_py("--config", str(workdir / "settings.toml"), "reconcile", *args, env=env)
 
 
 def test_reconcile_reports_then_fixes_and_deletes_nothing_but_trash(

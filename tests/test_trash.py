@@ -34,6 +34,7 @@ from tests.helpers import (
     insert_task,
     make_task_dir,
     mounted,
+    run_py,
     tree_snapshot,
     write_settings,
 )
@@ -123,12 +124,8 @@ def test_the_service_process_says_why_in_one_line(pg, base_dir, workdir, databas
     outside = workdir / "home"
     before = decoy(outside)
     (base_dir / ".trash").symlink_to(outside)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "--config", str(workdir / "settings.toml"),
-         "--port", "0"],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "DATABASE_URL": database_url},
-    )  # fmt: skip
+    env = {**os.environ, "DATABASE_URL": database_url}
+    result = run_py("--config", str(workdir / "settings.toml"), "--port", "0", env=env)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: 回收区 .trash 是符号链接，拒绝使用"
     assert tree_snapshot(outside) == before
@@ -149,12 +146,8 @@ def test_reconcile_refuses_a_trash_symlink_and_touches_nothing_through_it(
     (base_dir / ".trash").symlink_to(outside)
 
     for args in ([], ["--fix"]):
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "run.py"), "--config", str(workdir / "settings.toml"),
-             "reconcile", *args],
-            capture_output=True, text=True, timeout=60,
-            env={**os.environ, "DATABASE_URL": database_url},
-        )  # fmt: skip
+        env = {**os.environ, "DATABASE_URL": database_url}
+        result = run_py("--config", str(workdir / "settings.toml"), "reconcile", *args, env=env)
         assert result.returncode == 2
         assert result.stderr.strip() == "error: 回收区 .trash 是符号链接，拒绝使用"
     assert tree_snapshot(outside) == before
