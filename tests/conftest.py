@@ -1,5 +1,8 @@
 """Test fixtures: a real PostgreSQL, a real file system, a real HTTP server.
 
+Only fixtures live here; the helpers they use, and that the tests import, are in
+``tests/helpers.py``.
+
 The database: ``TEST_DATABASE_URL`` or ``DATABASE_URL`` when set, otherwise an
 embedded server started once per session. Either way the suite creates its
 own database on that server (and drops it at the end), so it never touches
@@ -8,32 +11,33 @@ the data of the database the URL names. Each test starts from empty tables.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import threading
-import time
 import uuid
-from collections.abc import Iterator
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
-import requests
 
+from service import appkeys
 from service.app import create_app
 from service.embedded import start_embedded
 from service.settings import load_settings
+from tests.helpers import (
+    OwnServer,
+    Pg,
+    ServiceProcess,
+    free_port,
+    insert_task,
+    make_task_dir,
+    with_database,
+    write_settings,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 # Installed packages' plugins stay out of the tests (in-process and subprocesses).
 os.environ["DPTASK_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 
@@ -57,11 +61,6 @@ def server_url() -> Iterator[str]:
         shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> Iterator[str]:
     """A database of the suite's own on that server, dropped at the end."""
@@ -78,34 +77,6 @@ def database_url(server_url: str) -> Iterator[str]:
         admin.close()
 
 
-class Pg:
-    """A plain, synchronous connection for the tests' own set-up and checks."""
-
-    def __init__(self, url: str) -> None:
-        self.conn = psycopg2.connect(url)
-        self.conn.autocommit = True
-
-    def rows(self, sql: str, args: Any = ()) -> list[dict[str, Any]]:
-        with self.conn.cursor() as cur:
-            cur.execute(sql, args)
-            if cur.description is None:
-                return []
-            names = [d.name for d in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-    def task(self, task_id: str) -> dict[str, Any] | None:
-        rows = self.rows("SELECT * FROM data_pipeline_tasks WHERE task_id = %s", (task_id,))
-        return rows[0] if rows else None
-
-    def steps(self, task_id: str) -> list[dict[str, Any]]:
-        return self.rows(
-            "SELECT * FROM data_pipeline_task_steps WHERE task_id = %s ORDER BY id", (task_id,)
-        )
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 @pytest.fixture
 def pg(database_url: str) -> Iterator[Pg]:
     """The test database, with the service's tables, emptied."""
@@ -115,6 +86,29 @@ def pg(database_url: str) -> Iterator[Pg]:
         yield pg
     finally:
         pg.close()
+
+
+@pytest.fixture
+def pipeline_session(database_url: str) -> Iterator[Any]:
+    """A session of the pipeline's own (psycopg2), with a transaction it keeps open."""
+    conn = psycopg2.connect(database_url)
+    yield conn
+    conn.rollback()
+    conn.close()
+
+
+@pytest.fixture
+def own_server() -> Iterator[OwnServer]:
+    """An embedded PostgreSQL of this test's own, started; stopped (thawed first) after.
+    Its data lives outside pytest's temporary folder, which another pytest run on this
+    machine may make private (0700) again, shutting out the server's own user."""
+    server = OwnServer(Path(tempfile.mkdtemp(prefix="dptask-own-")) / "pgdata")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.pgdata.parent, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- file system and settings
@@ -134,12 +128,6 @@ def base_dir(workdir: Path) -> Path:
     return path
 
 
-def write_settings(workdir: Path, text: str = "") -> Path:
-    path = workdir / "settings.toml"
-    path.write_text(text)
-    return path
-
-
 @pytest.fixture
 def settings_text() -> str:
     """Extra settings.toml content for the ``settings`` fixture; override per test."""
@@ -153,59 +141,37 @@ def settings(workdir: Path, base_dir: Path, database_url: str, settings_text: st
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, settings: Any) -> Any:
+def plugins() -> list[Any]:
+    """Plugins to register on the app's plugin manager before it starts; override per test."""
+    return []
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, settings: Any, plugins: list[Any]) -> Any:
     """A real HTTP server on a real socket, running the app."""
-    return await aiohttp_client(create_app(settings))
+    app = create_app(settings)
+    for plugin in plugins:
+        app[appkeys.PLUGINS].register(plugin)
+    return await aiohttp_client(app)
+
+
+@pytest.fixture
+def immutable(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
+    """Mark a path ``chattr +i``: even root cannot unlink it (a real fault, no mock).
+    Skips the test where the file system cannot."""
+
+    def mark(path: Path) -> Path:
+        result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if result.returncode:
+            pytest.skip(f"chattr +i not supported here: {result.stderr.strip()}")
+        return path
+
+    yield mark
+    # Wherever a marked entry ended up (put back, or left in the trash), free it.
+    subprocess.run(["chattr", "-R", "-i", str(tmp_path)], capture_output=True)
 
 
 # ---------------------------------------------------------------- tasks
-
-
-def make_task_dir(base_dir: Path, task_id: str, files: int = 5, size: int = 100) -> Path:
-    path = base_dir / task_id
-    (path / "vector_bak").mkdir(parents=True)
-    (path / "task_config.json").write_text(json.dumps({"task_id": task_id}))
-    for i in range(files - 2):
-        (path / f"table_{i}.ddl").write_bytes(b"x" * size)
-    (path / "vector_bak" / "embedding.csv").write_bytes(b"y" * size)
-    return path
-
-
-def tree_snapshot(path: Path) -> dict[str, bytes | str]:
-    """Every entry under ``path`` with its content (files) or target (links)."""
-    snap: dict[str, bytes | str] = {}
-    for p in sorted(path.rglob("*")):
-        rel = str(p.relative_to(path))
-        if p.is_symlink():
-            snap[rel] = "->" + os.readlink(p)
-        elif p.is_file():
-            snap[rel] = p.read_bytes()
-        else:
-            snap[rel] = "dir"
-    return snap
-
-
-def insert_task(
-    pg: Pg,
-    task_id: str,
-    *,
-    status: str = "completed",
-    created_at: datetime | None = None,
-    steps: dict[str, str] | None = None,
-    directory_exists: bool = True,
-) -> None:
-    created_at = created_at or datetime.now() - timedelta(days=3)
-    pg.rows(
-        "INSERT INTO data_pipeline_tasks (task_id, task_name, status, parameters, created_at,"
-        " by_user, db_name, directory_exists) VALUES (%s, %s, %s, '{}', %s, 'tester', 'db', %s)",
-        (task_id, f"name of {task_id}", status, created_at, directory_exists),
-    )
-    for name, state in (steps or {"ddl_generation": "completed"}).items():
-        pg.rows(
-            "INSERT INTO data_pipeline_task_steps (task_id, step_name, step_status)"
-            " VALUES (%s, %s, %s)",
-            (task_id, name, state),
-        )
 
 
 @pytest.fixture
@@ -228,60 +194,6 @@ def task_factory(schema: Pg, base_dir: Path):
 # ---------------------------------------------------------------- a real service process
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServiceProcess:
-    """``python run.py`` in a subprocess, as an operator runs it."""
-
-    def __init__(self, config: Path, port: int, env: dict[str, str]) -> None:
-        self.config, self.port, self.env = config, port, env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = config.parent / f"service-{port}.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30) -> ServiceProcess:
-        # Whatever answers on a busy port is not this service: refuse to start.
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                raise RuntimeError(f"port {self.port} is already in use by another process")
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "run.py"), "--config", str(self.config),
-                 "--port", str(self.port)],
-                cwd=self.config.parent, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited: {self.log.read_text()[-2000:]}")
-            try:
-                requests.get(f"{self.url}/api/v0/data_pipeline/tasks?limit=1", timeout=1)
-                return self
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        raise RuntimeError(f"service did not start: {self.log.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 @pytest.fixture
 def service_factory(workdir: Path, base_dir: Path, database_url: str, pg: Pg):
     started: list[ServiceProcess] = []
@@ -298,20 +210,3 @@ def service_factory(workdir: Path, base_dir: Path, database_url: str, pg: Pg):
     yield start
     for service in started:
         service.stop()
-
-
-def send_in_background(url: str, body: dict) -> threading.Thread:
-    def send():
-        with contextlib.suppress(requests.RequestException):  # killed under it
-            requests.delete(f"{url}/api/v0/data_pipeline/tasks", json=body, timeout=120)
-
-    thread = threading.Thread(target=send, daemon=True)
-    thread.start()
-    return thread
-
-
-def wait_for(path: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)

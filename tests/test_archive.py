@@ -5,15 +5,13 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, insert_task, make_task_dir, tree_snapshot
+from tests.helpers import delete_ok, insert_task, make_task_dir, run_py, tree_snapshot
 
-URL = "/api/v0/data_pipeline/tasks"
 ARCHIVE_SETTINGS = """
 [plugins]
 enabled = ["archive"]
@@ -21,12 +19,6 @@ enabled = ["archive"]
 dir = "archives"
 min_free_bytes = 0
 """
-
-
-async def delete(client, *task_ids, **options):
-    body = {"task_ids": list(task_ids), "confirm": True, **options}
-    resp = await client.request("DELETE", URL, json=body)
-    return await resp.json()
 
 
 def rich_task(base_dir: Path, workdir: Path, task_id: str) -> Path:
@@ -51,11 +43,7 @@ def leftovers(directory: Path) -> list[str]:
 
 def run_restore(workdir: Path, database_url: str, archive: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "--config", str(workdir / "settings.toml"),
-         "restore", archive],
-        capture_output=True, text=True, env=env, timeout=60,
-    )  # fmt: skip
+    return run_py("--config", str(workdir / "settings.toml"), "restore", archive, env=env)
 
 
 @pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])
@@ -66,7 +54,7 @@ async def test_archive_then_restore_is_byte_identical(
     task_dir = rich_task(base_dir, workdir, "task_arch")
     before = tree_snapshot(task_dir)
 
-    body = await delete(client, "task_arch")
+    body = await delete_ok(client, "task_arch")
 
     (task,) = body["data"]["deleted_tasks"]
     archive = Path(task["archive_path"])
@@ -90,7 +78,7 @@ async def test_archive_then_restore_is_byte_identical(
 @pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])
 async def test_restore_refuses_to_overwrite(client, task_factory, base_dir, workdir, database_url):
     task_factory("task_arch")
-    body = await delete(client, "task_arch")
+    body = await delete_ok(client, "task_arch")
     archive = body["data"]["deleted_tasks"][0]["archive_path"]
     make_task_dir(base_dir, "task_arch", files=3)
     before = tree_snapshot(base_dir / "task_arch")
@@ -239,7 +227,7 @@ async def test_restore_keeps_modes_links_and_refuses_nothing_legitimate(
 @pytest.mark.parametrize("settings_text", [ARCHIVE_SETTINGS])
 async def test_dry_run_names_the_archive_and_writes_nothing(client, task_factory, workdir):
     task_factory("task_arch")
-    body = await delete(client, "task_arch", dry_run=True)
+    body = await delete_ok(client, "task_arch", dry_run=True)
     (task,) = body["data"]["deleted_tasks"]
     assert Path(task["archive_path"]).parent == workdir / "archives"
     assert not (workdir / "archives").exists() or list((workdir / "archives").iterdir()) == []
@@ -266,7 +254,7 @@ async def test_archive_disk_full_keeps_the_task(client, schema, base_dir, small_
     (task_dir / "noise.bin").write_bytes(os.urandom(300_000))  # does not compress
     before = tree_snapshot(task_dir)
 
-    body = await delete(client, "task_big")
+    body = await delete_ok(client, "task_big")
 
     (failed,) = body["data"]["failed_tasks"]
     assert failed["error_code"] == "ARCHIVE_FAILED"
@@ -283,7 +271,7 @@ async def test_archive_dir_not_writable_keeps_the_task(client, task_factory, wor
     try:
         task_dir = task_factory("task_a")
         before = tree_snapshot(task_dir)
-        body = await delete(client, "task_a")
+        body = await delete_ok(client, "task_a")
     finally:
         subprocess.run(["chattr", "-i", str(archives)], check=True)
     assert body["data"]["failed_tasks"][0]["error_code"] == "ARCHIVE_FAILED"
@@ -300,7 +288,7 @@ MIN_FREE_SETTINGS = ARCHIVE_SETTINGS.replace(
 @pytest.mark.parametrize("settings_text", [MIN_FREE_SETTINGS])
 async def test_min_free_bytes_refuses_before_writing(client, task_factory, workdir):
     task_dir = task_factory("task_a")
-    body = await delete(client, "task_a")
+    body = await delete_ok(client, "task_a")
     failed = body["data"]["failed_tasks"][0]
     assert failed["error_code"] == "ARCHIVE_FAILED" and "min_free_bytes" in failed["error"]
     assert task_dir.is_dir()

@@ -18,6 +18,7 @@ import pytest
 
 from service.audit import AuditLog, AuditUnavailable, batch_record, encode_line, task_record
 from service.pipeline import BatchContext, DeleteOptions
+from tests.helpers import audit_lines
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs / loop ext4 (root)")
 
@@ -285,7 +286,7 @@ async def test_an_id_with_line_separators_is_one_audit_line_per_record(client, s
         "/api/v0/data_pipeline/tasks", json={"task_ids": [bad, "t\x1e"], "confirm": True}
     )
     assert (await r.json())["data"]["summary"]["failed"] == 2
-    records = [json.loads(line) for line in settings.audit_path.read_text().splitlines()]
+    records = audit_lines(settings)
     assert [r["event"] for r in records] == ["task_delete", "task_delete", "delete_request"]
     assert {r["task_id"] for r in records[:2]} == {bad, "t\x1e"}
 

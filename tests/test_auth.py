@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -11,9 +10,7 @@ import sys
 import pytest
 import requests
 
-from tests.conftest import ROOT, free_port, write_settings
-
-URL = "/api/v0/data_pipeline/tasks"
+from tests.helpers import ROOT, URL, audit_lines, free_port, write_settings
 
 
 def sha(token: str) -> str:
@@ -80,7 +77,7 @@ async def test_the_tokens_name_is_the_actor_in_the_audit(client, task_factory, b
         "DELETE", URL, json={"task_ids": ["task_a"], "confirm": True}, headers=bearer("ops-secret")
     )
     assert (await resp.json())["message"] == "任务目录删除成功"
-    lines = [json.loads(x) for x in settings.audit_path.read_text().splitlines()]
+    lines = audit_lines(settings)
     assert {line["actor"] for line in lines} == {"ops"}
 
 

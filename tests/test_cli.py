@@ -21,9 +21,7 @@ import requests
 import structlog
 
 from service.logs import configure_logging
-from tests.conftest import ROOT, free_port
-
-URL = "/api/v0/data_pipeline/tasks"
+from tests.helpers import ROOT, URL, free_port, run_py
 
 
 @contextlib.contextmanager
@@ -54,13 +52,6 @@ def serving(workdir: Path, port: int, env: dict[str, str], *args: str) -> Iterat
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def run_py(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
 
 
 @pytest.fixture
@@ -107,7 +98,7 @@ def test_the_settings_file_gives_host_and_port_without_flags(workdir, base_dir, 
 
 def test_an_unreachable_database_stops_start_up_with_one_line(workdir):
     env = {**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
-    result = run_py(workdir, env, "--config", "settings.toml", "--port", str(free_port()))
+    result = run_py("--config", "settings.toml", "--port", str(free_port()), cwd=workdir, env=env)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -118,7 +109,7 @@ def test_a_port_in_use_stops_start_up_with_one_line(workdir, base_dir, env):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        result = run_py(workdir, env, "--config", "settings.toml", "--port", port)
+        result = run_py("--config", "settings.toml", "--port", port, cwd=workdir, env=env)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
@@ -129,7 +120,7 @@ def test_a_port_in_use_stops_start_up_with_one_line(workdir, base_dir, env):
 
 
 def test_demo_creates_tasks_that_the_service_lists(workdir, base_dir, env, pg, service_factory):
-    result = run_py(workdir, env, "--config", "settings.toml", "demo", "--count", "6")
+    result = run_py("--config", "settings.toml", "demo", "--count", "6", cwd=workdir, env=env)
     assert result.returncode == 0, result.stderr
 
     records = pg.rows("SELECT * FROM data_pipeline_tasks ORDER BY created_at DESC")

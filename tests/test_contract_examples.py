@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, insert_task, make_task_dir
+from tests.helpers import ROOT, insert_task, make_task_dir
 
 CONTRACT = ROOT / "docs" / "contract" / "task-deletion-api.md"
 BLOCKS = re.findall(r"```(bash|python)\n(.*?)```", CONTRACT.read_text(), flags=re.S)

@@ -4,7 +4,6 @@ that gets no answer, a row another session holds with FOR UPDATE."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
@@ -13,23 +12,24 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from service.app import create_app
 from service.db import CommitUnknown, Database, DatabaseTimeout
 from service.settings import load_settings
-from tests.conftest import (
+from tests.helpers import (
+    URL,
+    OwnServer,
     Pg,
+    children,
     insert_task,
     make_task_dir,
+    postmaster_pid,
+    signal_all,
     tree_snapshot,
     with_database,
     write_settings,
 )
-from tests.test_faults import OwnServer
-
-URL = "/api/v0/data_pipeline/tasks"
 
 
 class Frozen:
@@ -40,30 +40,15 @@ class Frozen:
         self.pgdata = pgdata
         self.pids: list[int] = []
 
-    def _children(self, parent: int) -> list[int]:
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-                pids.append(int(entry))
-        return pids
-
     def stop(self) -> None:
-        postmaster = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        postmaster = postmaster_pid(self.pgdata)
         os.kill(postmaster, signal.SIGSTOP)  # first: it can fork no new child after this
-        self.pids = [postmaster, *self._children(postmaster)]
+        self.pids = [postmaster, *children(postmaster)]
         for pid in self.pids[1:]:
             os.kill(pid, signal.SIGSTOP)
 
     def cont(self) -> None:
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        signal_all(self.pids, signal.SIGCONT)
         self.pids = []
 
 
@@ -210,15 +195,6 @@ async def test_peek_task_takes_no_lock(database_url, pg):
 
 
 LOCK_TIMEOUT_1S = "[database]\nlock_timeout = 1\n"
-
-
-@pytest.fixture
-def pipeline_session(database_url):
-    """Another session, as a pipeline worker: psycopg2, its own open transaction."""
-    conn = psycopg2.connect(database_url)
-    yield conn
-    conn.rollback()
-    conn.close()
 
 
 @pytest.mark.parametrize("settings_text", [LOCK_TIMEOUT_1S], ids=["lock_timeout_1s"])

@@ -4,20 +4,19 @@ in docs/design.md, "Choices the contract leaves open"."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from datetime import datetime
 
 import pytest
 
-from tests.conftest import insert_task, make_task_dir, tree_snapshot
-
-URL = "/api/v0/data_pipeline/tasks"
-
-
-async def delete(client, **body):
-    resp = await client.request("DELETE", URL, json=body)
-    return resp.status, await resp.json()
+from tests.helpers import (
+    URL,
+    audit_lines,
+    insert_task,
+    make_task_dir,
+    request_delete,
+    tree_snapshot,
+)
 
 
 def only_failure(body):
@@ -36,7 +35,7 @@ def only_failure(body):
     ],
 )
 async def test_missing_parameter(client, body, message, missing):
-    status, resp = await delete(client, **body)
+    status, resp = await request_delete(client, **body)
     assert status == 400
     assert resp == {
         "success": False,
@@ -59,14 +58,14 @@ async def test_body_not_a_json_object(client, raw):
 
 @pytest.mark.parametrize("confirm", ["true", 1, False, None, [True]])
 async def test_confirm_must_be_json_true(client, confirm):
-    status, body = await delete(client, task_ids=["a"], confirm=confirm)
+    status, body = await request_delete(client, task_ids=["a"], confirm=confirm)
     assert status == 400
     assert "confirm" in body["message"] and "true" in body["message"]
 
 
 @pytest.mark.parametrize("task_ids", [[], "task_1", None, [1], ["a", None], {"a": 1}])
 async def test_task_ids_must_be_a_non_empty_list_of_strings(client, task_ids):
-    status, body = await delete(client, task_ids=task_ids, confirm=True)
+    status, body = await request_delete(client, task_ids=task_ids, confirm=True)
     assert status == 400
     assert body["message"] == "task_ids必须是非空的任务ID列表"
 
@@ -77,7 +76,9 @@ async def test_task_ids_must_be_a_non_empty_list_of_strings(client, task_ids):
 @pytest.mark.parametrize("value", ["false", 0, 1, None])
 async def test_boolean_option_must_be_a_json_boolean(client, option, value, task_factory, base_dir):
     task_factory("task_a")
-    status, body = await delete(client, task_ids=["task_a"], confirm=True, **{option: value})
+    status, body = await request_delete(
+        client, task_ids=["task_a"], confirm=True, **{option: value}
+    )
     assert status == 400
     assert option in body["message"]
     assert (base_dir / "task_a").is_dir()
@@ -85,7 +86,9 @@ async def test_boolean_option_must_be_a_json_boolean(client, option, value, task
 
 async def test_unknown_parameter_is_refused(client, task_factory, base_dir):
     task_factory("task_a")
-    status, body = await delete(client, task_ids=["task_a"], confirm=True, delete_db_records=True)
+    status, body = await request_delete(
+        client, task_ids=["task_a"], confirm=True, delete_db_records=True
+    )
     assert status == 400
     assert "delete_db_records" in body["message"]
     assert (base_dir / "task_a").is_dir()
@@ -93,14 +96,14 @@ async def test_unknown_parameter_is_refused(client, task_factory, base_dir):
 
 @pytest.mark.parametrize("settings_text", ["[limits]\nmax_task_ids = 3\n"])
 async def test_more_ids_than_the_limit(client):
-    status, body = await delete(client, task_ids=["a", "b", "c", "d"], confirm=True)
+    status, body = await request_delete(client, task_ids=["a", "b", "c", "d"], confirm=True)
     assert status == 400
     assert "3" in body["message"] and "max_task_ids" in body["message"]
 
 
 async def test_body_over_one_mebibyte_is_refused_in_the_envelope(client):
     ids = ["task_x" * 10] * 30_000
-    status, body = await delete(client, task_ids=ids, confirm=True)
+    status, body = await request_delete(client, task_ids=ids, confirm=True)
     assert status == 413 and body["code"] == 413 and body["success"] is False
 
 
@@ -110,7 +113,7 @@ async def test_body_over_one_mebibyte_is_refused_in_the_envelope(client):
 async def test_single_delete_keeps_the_record(client, task_factory, base_dir, pg):
     task_factory("task_20250702_223802", files=15, size=1000)
     before = datetime.now()
-    status, body = await delete(client, task_ids=["task_20250702_223802"], confirm=True)
+    status, body = await request_delete(client, task_ids=["task_20250702_223802"], confirm=True)
     assert status == 200
     assert body["success"] is True and body["code"] == 200
     assert body["message"] == "任务目录删除成功"
@@ -140,7 +143,7 @@ async def test_single_delete_keeps_the_record(client, task_factory, base_dir, pg
 
 async def test_list_shows_the_deletion(client, task_factory):
     task_factory("task_20250702_223802")
-    await delete(client, task_ids=["task_20250702_223802"], confirm=True)
+    await request_delete(client, task_ids=["task_20250702_223802"], confirm=True)
     resp = await client.get(URL, params={"limit": "5"})
     (task,) = (await resp.json())["data"]["tasks"]
     assert task["directory_exists"] is False
@@ -149,7 +152,7 @@ async def test_list_shows_the_deletion(client, task_factory):
 
 async def test_delete_database_records_removes_task_and_steps(client, task_factory, base_dir, pg):
     task_factory("task_b", steps={"ddl_generation": "completed", "qa_generation": "failed"})
-    status, body = await delete(
+    status, body = await request_delete(
         client, task_ids=["task_b"], confirm=True, delete_database_records=True
     )
     (task,) = body["data"]["deleted_tasks"]
@@ -161,7 +164,7 @@ async def test_delete_database_records_removes_task_and_steps(client, task_facto
 async def test_batch_with_failures_is_partial(client, task_factory):
     task_factory("task_20250702_223802")
     task_factory("task_20250702_223751")
-    status, body = await delete(
+    status, body = await request_delete(
         client,
         task_ids=["task_20250702_223802", "task_20250702_invalid", "task_20250702_223751"],
         confirm=True,
@@ -184,7 +187,9 @@ async def test_batch_with_failures_is_partial(client, task_factory):
 
 
 async def test_all_failed_is_200_with_success_false(client, schema):
-    status, body = await delete(client, task_ids=["task_none_1", "task_none_2"], confirm=True)
+    status, body = await request_delete(
+        client, task_ids=["task_none_1", "task_none_2"], confirm=True
+    )
     assert status == 200
     assert body["success"] is False and body["code"] == 200
     assert "失败" in body["message"]
@@ -194,7 +199,7 @@ async def test_all_failed_is_200_with_success_false(client, schema):
 async def test_stop_on_first_error_lists_the_tasks_not_tried(client, task_factory, base_dir):
     task_factory("task_1")
     task_factory("task_3")
-    status, body = await delete(
+    status, body = await request_delete(
         client, task_ids=["task_1", "task_2", "task_3"], confirm=True, continue_on_error=False
     )
     assert [t["task_id"] for t in body["data"]["deleted_tasks"]] == ["task_1"]
@@ -206,7 +211,7 @@ async def test_stop_on_first_error_lists_the_tasks_not_tried(client, task_factor
 
 async def test_the_same_id_twice_is_processed_once(client, task_factory):
     task_factory("task_a")
-    status, body = await delete(client, task_ids=["task_a", "task_a"], confirm=True)
+    status, body = await request_delete(client, task_ids=["task_a", "task_a"], confirm=True)
     assert body["message"] == "任务目录删除成功"
     assert [t["task_id"] for t in body["data"]["deleted_tasks"]] == ["task_a"]
     assert body["data"]["summary"]["total_requested"] == 1
@@ -224,7 +229,7 @@ async def test_traversal_and_malformed_ids_touch_nothing(client, schema, workdir
     outside.mkdir(exist_ok=True)
     (outside / "keep").write_text("keep")
     before = tree_snapshot(workdir / "data_pipeline"), tree_snapshot(outside)
-    status, body = await delete(client, task_ids=[task_id], confirm=True)
+    status, body = await request_delete(client, task_ids=[task_id], confirm=True)
     failed = only_failure(body)
     assert failed["error_code"] == "INVALID_TASK_ID"
     assert failed["task_id"] == task_id
@@ -233,7 +238,7 @@ async def test_traversal_and_malformed_ids_touch_nothing(client, schema, workdir
 
 async def test_protected_name_is_refused(client, base_dir, schema):
     make_task_dir(base_dir, "vector_bak")
-    status, body = await delete(client, task_ids=["vector_bak"], confirm=True, force=True)
+    status, body = await request_delete(client, task_ids=["vector_bak"], confirm=True, force=True)
     assert only_failure(body)["error_code"] == "PROTECTED"
     assert (base_dir / "vector_bak" / "task_config.json").exists()
 
@@ -242,7 +247,7 @@ async def test_symlinked_task_directory_is_refused(client, base_dir, workdir, sc
     target = make_task_dir(workdir, "elsewhere")
     insert_task(schema, "task_link")
     (base_dir / "task_link").symlink_to(target)
-    status, body = await delete(client, task_ids=["task_link"], confirm=True)
+    status, body = await request_delete(client, task_ids=["task_link"], confirm=True)
     assert only_failure(body)["error_code"] == "UNSAFE_PATH"
     assert (target / "task_config.json").exists()
     assert (base_dir / "task_link").is_symlink()
@@ -252,7 +257,7 @@ async def test_symlinked_task_directory_is_refused(client, base_dir, workdir, sc
 async def test_a_file_instead_of_a_directory_is_refused(client, base_dir, schema):
     insert_task(schema, "task_file")
     (base_dir / "task_file").write_text("not a directory")
-    status, body = await delete(client, task_ids=["task_file"], confirm=True)
+    status, body = await request_delete(client, task_ids=["task_file"], confirm=True)
     assert only_failure(body)["error_code"] == "UNSAFE_PATH"
     assert (base_dir / "task_file").read_text() == "not a directory"
 
@@ -265,7 +270,7 @@ async def test_symlink_inside_a_task_is_removed_not_followed(client, task_factor
     task_dir = task_factory("task_links", files=3, size=10)
     (task_dir / "to_dir").symlink_to(outside)
     (task_dir / "vector_bak" / "to_file").symlink_to(outside / "data.bin")
-    status, body = await delete(client, task_ids=["task_links"], confirm=True)
+    status, body = await request_delete(client, task_ids=["task_links"], confirm=True)
     (task,) = body["data"]["deleted_tasks"]
     assert task["deleted_files_count"] == 5  # 3 files + 2 links
     assert task["deleted_bytes"] < 5000  # the target's bytes are not counted
@@ -287,13 +292,13 @@ async def test_running_task_is_refused_unless_forced(
     client, task_factory, base_dir, record, reason
 ):
     task_factory("task_run", **record)
-    status, body = await delete(client, task_ids=["task_run"], confirm=True)
+    status, body = await request_delete(client, task_ids=["task_run"], confirm=True)
     failed = only_failure(body)
     assert failed["error_code"] == "TASK_RUNNING"
     assert reason in failed["error"]
     assert (base_dir / "task_run").is_dir()
 
-    status, body = await delete(client, task_ids=["task_run"], confirm=True, force=True)
+    status, body = await request_delete(client, task_ids=["task_run"], confirm=True, force=True)
     assert body["data"]["deleted_tasks"][0]["task_id"] == "task_run"
     assert not (base_dir / "task_run").exists()
 
@@ -301,7 +306,7 @@ async def test_running_task_is_refused_unless_forced(
 async def test_every_veto_is_reported(client, base_dir, schema):
     insert_task(schema, "vector_bak", status="in_progress")
     (base_dir / "vector_bak").symlink_to(base_dir)
-    status, body = await delete(client, task_ids=["vector_bak"], confirm=True)
+    status, body = await request_delete(client, task_ids=["vector_bak"], confirm=True)
     failed = only_failure(body)
     codes = {v["code"] for v in failed["vetoes"]}
     assert codes == {"PROTECTED", "UNSAFE_PATH", "TASK_RUNNING"}
@@ -310,7 +315,9 @@ async def test_every_veto_is_reported(client, base_dir, schema):
 
 async def test_missing_directory_with_allow_missing_succeeds(client, schema, pg):
     insert_task(schema, "task_gone")
-    status, body = await delete(client, task_ids=["task_gone"], confirm=True, allow_missing=True)
+    status, body = await request_delete(
+        client, task_ids=["task_gone"], confirm=True, allow_missing=True
+    )
     (task,) = body["data"]["deleted_tasks"]
     assert task["directory_deleted"] is False and task["database_records_deleted"] is False
     assert pg.task("task_gone")["directory_exists"] is False
@@ -318,7 +325,7 @@ async def test_missing_directory_with_allow_missing_succeeds(client, schema, pg)
 
 async def test_missing_directory_with_record_deletion_removes_the_records(client, schema, pg):
     insert_task(schema, "task_gone")
-    status, body = await delete(
+    status, body = await request_delete(
         client, task_ids=["task_gone"], confirm=True, delete_database_records=True
     )
     (task,) = body["data"]["deleted_tasks"]
@@ -328,7 +335,7 @@ async def test_missing_directory_with_record_deletion_removes_the_records(client
 
 async def test_directory_without_a_record_is_deleted(client, base_dir, schema):
     make_task_dir(base_dir, "manual_20250701_101500")
-    status, body = await delete(client, task_ids=["manual_20250701_101500"], confirm=True)
+    status, body = await request_delete(client, task_ids=["manual_20250701_101500"], confirm=True)
     (task,) = body["data"]["deleted_tasks"]
     assert task["directory_deleted"] is True
     assert not (base_dir / "manual_20250701_101500").exists()
@@ -341,7 +348,7 @@ async def test_dry_run_reports_real_counts_and_changes_nothing(client, task_fact
     task_factory("task_dry", files=12, size=300, steps={"ddl_generation": "completed"})
     before_tree = tree_snapshot(base_dir)
     before_record = pg.task("task_dry")
-    status, body = await delete(
+    status, body = await request_delete(
         client, task_ids=["task_dry"], confirm=True, dry_run=True, delete_database_records=True
     )
     (task,) = body["data"]["deleted_tasks"]
@@ -349,7 +356,7 @@ async def test_dry_run_reports_real_counts_and_changes_nothing(client, task_fact
     assert tree_snapshot(base_dir) == before_tree
     assert pg.task("task_dry") == before_record and len(pg.steps("task_dry")) == 1
 
-    status, real = await delete(client, task_ids=["task_dry"], confirm=True)
+    status, real = await request_delete(client, task_ids=["task_dry"], confirm=True)
     (done,) = real["data"]["deleted_tasks"]
     for field in ("deleted_files_count", "deleted_bytes", "deleted_size", "directory_deleted"):
         assert task[field] == done[field]
@@ -358,8 +365,8 @@ async def test_dry_run_reports_real_counts_and_changes_nothing(client, task_fact
 
 async def test_dry_run_is_audited_as_a_dry_run(client, task_factory, settings):
     task_factory("task_dry")
-    await delete(client, task_ids=["task_dry"], confirm=True, dry_run=True)
-    lines = [json.loads(line) for line in settings.audit_path.read_text().splitlines()]
+    await request_delete(client, task_ids=["task_dry"], confirm=True, dry_run=True)
+    lines = audit_lines(settings)
     task_line = next(line for line in lines if line.get("task_id") == "task_dry")
     assert task_line["dry_run"] is True and task_line["outcome"] == "deleted"
 
@@ -376,7 +383,7 @@ async def test_every_outcome_has_an_audit_line(client, task_factory, settings):
         headers={"X-Request-ID": "req-42"},
     )
     assert resp.headers["X-Request-ID"] == "req-42"
-    lines = [json.loads(line) for line in settings.audit_path.read_text().splitlines()]
+    lines = audit_lines(settings)
     by_task = {line["task_id"]: line for line in lines if "task_id" in line}
     assert by_task["task_ok"]["outcome"] == "deleted"
     assert by_task["task_ok"]["files"] == 4
@@ -402,7 +409,7 @@ async def test_overlapping_concurrent_requests_delete_each_task_once(
         task_factory(task_id, files=30)
     batches = [ids[0:8], ids[4:12], ids[2:10]]
     bodies = await asyncio.gather(
-        *(delete(client, task_ids=batch, confirm=True) for batch in batches)
+        *(request_delete(client, task_ids=batch, confirm=True) for batch in batches)
     )
     deleted = [t["task_id"] for _, body in bodies for t in body["data"]["deleted_tasks"]]
     failed = [t for _, body in bodies for t in body["data"]["failed_tasks"]]

@@ -11,9 +11,7 @@ import time
 
 import requests
 
-from tests.conftest import ROOT, free_port, write_settings
-
-URL = "/api/v0/data_pipeline/tasks"
+from tests.helpers import ROOT, URL, free_port, write_settings
 
 
 def start(workdir, port):

@@ -7,17 +7,18 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from service import appkeys
 from service.app import create_app
-from service.embedded import start_embedded
 from service.hookspecs import hookimpl
 from service.settings import load_settings
-from tests.conftest import (
+from tests.helpers import (
+    URL,
+    OwnServer,
     Pg,
+    delete,
     insert_task,
     make_task_dir,
     send_in_background,
@@ -26,44 +27,10 @@ from tests.conftest import (
     write_settings,
 )
 
-URL = "/api/v0/data_pipeline/tasks"
-
-
-class OwnServer:
-    """An embedded PostgreSQL of this test's own, so that it can be stopped."""
-
-    def __init__(self, pgdata: Path) -> None:
-        self.pgdata = pgdata
-        self.url = ""
-        self._stop = None
-
-    def start(self) -> str:
-        self.url, self._stop = start_embedded(self.pgdata)
-        return self.url
-
-    def stop(self) -> None:
-        if self._stop:
-            self._stop()
-            self._stop = None
-
-
-@pytest.fixture
-def own_server(tmp_path_factory):
-    server = OwnServer(tmp_path_factory.mktemp("pg") / "pgdata")
-    server.start()
-    yield server
-    server.stop()
-
 
 @pytest.fixture
 def own_settings(workdir, base_dir, own_server):
     return load_settings(write_settings(workdir), environ={"DATABASE_URL": own_server.url})
-
-
-async def delete(client, *task_ids, **options):
-    body = {"task_ids": list(task_ids), "confirm": True, **options}
-    resp = await client.request("DELETE", URL, json=body)
-    return resp.status, await resp.json()
 
 
 # ---------------------------------------------------------------- the database goes away
@@ -129,21 +96,6 @@ async def test_database_down_gives_503_and_touches_nothing_then_recovers(
 
 
 # ---------------------------------------------------------------- a file that cannot be removed
-
-
-@pytest.fixture
-def immutable(tmp_path):
-    """chattr +i: even root cannot unlink the file (a real fault, no mock)."""
-
-    def make(path: Path) -> Path:
-        result = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
-        if result.returncode:
-            pytest.skip(f"chattr +i not supported here: {result.stderr.decode().strip()}")
-        return path
-
-    yield make
-    # Wherever the file ended up (put back, or left in the trash), free it.
-    subprocess.run(["chattr", "-R", "-i", str(tmp_path)], capture_output=True)
 
 
 async def test_file_that_cannot_be_removed_fails_the_task_consistently(

@@ -16,30 +16,7 @@ from service.hookrunner import run_hook
 from service.hookspecs import hookimpl
 from service.pipeline import BatchContext, DeleteOptions
 from service.trash import Trash
-from tests.conftest import tree_snapshot
-
-URL = "/api/v0/data_pipeline/tasks"
-
-
-@pytest.fixture
-def plugins():
-    """Plugins to register on the app's plugin manager before it starts."""
-    return []
-
-
-@pytest.fixture
-async def client(aiohttp_client, settings, plugins):
-    app = create_app(settings)
-    for plugin in plugins:
-        app[appkeys.PLUGINS].register(plugin)
-    return await aiohttp_client(app)
-
-
-async def delete(client, *task_ids, **options):
-    resp = await client.request(
-        "DELETE", URL, json={"task_ids": list(task_ids), "confirm": True, **options}
-    )
-    return await resp.json()
+from tests.helpers import delete_ok, tree_snapshot
 
 
 def bare_manager():
@@ -137,7 +114,7 @@ class AsyncAllows:
 async def test_a_plugin_veto_fails_that_task_with_its_code(client, task_factory, base_dir, pg):
     task_factory("task_keep")
     task_factory("task_go")
-    body = await delete(client, "task_keep", "task_go")
+    body = await delete_ok(client, "task_keep", "task_go")
     (failed,) = body["data"]["failed_tasks"]
     assert failed["task_id"] == "task_keep"
     assert (failed["error_code"], failed["error"]) == ("KEEP_ME", "this task is kept by policy")
@@ -155,7 +132,7 @@ class RaisesBeforeRemoval:
 async def test_a_raising_plugin_fails_only_its_task(client, task_factory, base_dir, pg, settings):
     task_factory("task_a")
     before = tree_snapshot(base_dir)
-    body = await delete(client, "task_a")
+    body = await delete_ok(client, "task_a")
     (failed,) = body["data"]["failed_tasks"]
     assert failed["error_code"] == "PLUGIN_ERROR"
     assert "RaisesBeforeRemoval" in failed["error"] or "dptask_before_removal" in failed["error"]
@@ -178,7 +155,7 @@ class RaisesInRecordStep:
 async def test_failure_after_detach_renames_the_directory_back(client, task_factory, base_dir, pg):
     task_factory("task_a", files=9)
     before = tree_snapshot(base_dir / "task_a")
-    body = await delete(client, "task_a")
+    body = await delete_ok(client, "task_a")
     assert body["data"]["failed_tasks"][0]["error_code"] == "PLUGIN_ERROR"
     assert tree_snapshot(base_dir / "task_a") == before  # back, byte for byte
     assert list((base_dir / ".trash").iterdir()) == []
@@ -194,7 +171,7 @@ class FailsWithCode:
 @pytest.mark.parametrize("plugins", [[FailsWithCode()]])
 async def test_task_failed_keeps_the_plugins_code(client, task_factory, base_dir):
     task_factory("task_a")
-    body = await delete(client, "task_a")
+    body = await delete_ok(client, "task_a")
     (failed,) = body["data"]["failed_tasks"]
     assert (failed["error_code"], failed["error"]) == ("ARCHIVE_FAILED", "archive disk is full")
     assert (base_dir / "task_a").is_dir()
@@ -209,7 +186,7 @@ class AddsFields:
 @pytest.mark.parametrize("plugins", [[AddsFields()]])
 async def test_before_removal_fields_reach_the_result(client, task_factory):
     task_factory("task_a")
-    body = await delete(client, "task_a")
+    body = await delete_ok(client, "task_a")
     assert body["data"]["deleted_tasks"][0]["archive_path"] == "/archives/task_a.tar.gz"
 
 
@@ -222,7 +199,7 @@ class BrokenAudit:
 @pytest.mark.parametrize("plugins", [[BrokenAudit()]])
 async def test_a_failing_observer_does_not_change_the_outcome(client, task_factory, base_dir):
     task_factory("task_a")
-    body = await delete(client, "task_a")
+    body = await delete_ok(client, "task_a")
     assert body["message"] == "任务目录删除成功"
     assert not (base_dir / "task_a").exists()
 
@@ -257,7 +234,7 @@ SEES = SeesFailures()
 @pytest.mark.parametrize("plugins", [[SEES]])
 async def test_no_hook_sees_a_path_built_from_an_invalid_id(client, schema):
     """An invalid id gets no TaskContext: only the batch hook sees its failure."""
-    await delete(client, "/etc", "../x")
+    await delete_ok(client, "/etc", "../x")
     assert SEES.paths == {}
     assert sorted(SEES.batch_failed) == [("../x", "INVALID_TASK_ID"), ("/etc", "INVALID_TASK_ID")]
 
@@ -269,7 +246,7 @@ async def test_without_a_detach_implementation_nothing_is_recorded(
     app[appkeys.PLUGINS].unregister(name="builtin.directory")
     client = await aiohttp_client(app)
     task_factory("task_a")
-    body = await delete(client, "task_a")
+    body = await delete_ok(client, "task_a")
     assert body["data"]["failed_tasks"][0]["error_code"] == "DELETE_FAILED"
     assert (base_dir / "task_a").is_dir()
     assert pg.task("task_a")["directory_exists"] is True
@@ -320,7 +297,7 @@ async def test_a_raising_purge_plugin_is_a_purge_failure_with_the_remains_back(
 ):
     task_factory("task_a", files=7)
     before = tree_snapshot(base_dir / "task_a")
-    body = await delete(client, "task_a")
+    body = await delete_ok(client, "task_a")
     (failed,) = body["data"]["failed_tasks"]
     assert failed["error_code"] == "PURGE_FAILED"
     assert tree_snapshot(base_dir / "task_a") == before

@@ -10,9 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from tests.conftest import insert_task, make_task_dir, send_in_background
-
-URL = "/api/v0/data_pipeline/tasks"
+from tests.helpers import URL, insert_task, make_task_dir, send_in_background
 
 
 def test_two_processes_delete_each_task_exactly_once(service_factory, pg, base_dir):

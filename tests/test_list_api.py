@@ -10,9 +10,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tests.conftest import insert_task
+from tests.helpers import URL, insert_task
 
-URL = "/api/v0/data_pipeline/tasks"
 TASK_FIELDS = {
     "task_id",
     "task_name",

@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 
 from service import fs, mounts
-from tests.conftest import insert_task, make_task_dir, tree_snapshot
+from tests.helpers import URL, insert_task, make_task_dir, tree_snapshot
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
-
-URL = "/api/v0/data_pipeline/tasks"
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from service.params import LIST_QUERY, OPTIONS, REQUIRED
-from tests.conftest import insert_task, make_task_dir
+from tests.helpers import insert_task, make_task_dir
 
 
 async def test_the_description_is_generated_from_the_validation(client):

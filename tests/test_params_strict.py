@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-URL = "/api/v0/data_pipeline/tasks"
+from tests.helpers import URL
+
 JSON = {"Content-Type": "application/json"}
 
 

@@ -6,12 +6,9 @@ to a hung (SIGSTOPped) database."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,33 +20,19 @@ from service import appkeys, fs
 from service.app import create_app
 from service.hookspecs import hookimpl
 from service.settings import load_settings
-from tests.conftest import Pg, insert_task, make_task_dir, tree_snapshot, write_settings
+from tests.helpers import (
+    Pg,
+    audit_lines,
+    delete_ok,
+    insert_task,
+    make_task_dir,
+    server_pids,
+    signal_all,
+    tree_snapshot,
+    write_settings,
+)
 
-URL = "/api/v0/data_pipeline/tasks"
 LOCK_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
-
-
-@pytest.fixture
-def plugins():
-    return []
-
-
-@pytest.fixture
-async def client(aiohttp_client, settings, plugins):
-    app = create_app(settings)
-    for plugin in plugins:
-        app[appkeys.PLUGINS].register(plugin)
-    return await aiohttp_client(app)
-
-
-async def delete(client, *task_ids, **options):
-    body = {"task_ids": list(task_ids), "confirm": True, **options}
-    resp = await client.request("DELETE", URL, json=body)
-    return await resp.json()
-
-
-def audit_lines(settings) -> list[dict]:
-    return [json.loads(line) for line in settings.audit_path.read_text().splitlines()]
 
 
 def trash_is_empty(base_dir: Path) -> bool:
@@ -86,7 +69,7 @@ async def test_a_raising_observer_silences_neither_the_audit_nor_other_observers
     client, task_factory, base_dir, settings
 ):
     task_factory("task_a")
-    body = await delete(client, "task_a")
+    body = await delete_ok(client, "task_a")
     assert body["message"] == "任务目录删除成功"
     assert not (base_dir / "task_a").exists()
     lines = audit_lines(settings)
@@ -109,30 +92,15 @@ async def test_a_dry_run_takes_no_lock(client, task_factory, database_url, base_
         with other.cursor() as cur:
             cur.execute(LOCK_KEY, ("data_pipeline_task:task_a",))
             cur.execute("SELECT 1 FROM data_pipeline_tasks WHERE task_id = 'task_a' FOR UPDATE")
-        body = await delete(client, "task_a", dry_run=True)
+        body = await delete_ok(client, "task_a", dry_run=True)
         (done,) = body["data"]["deleted_tasks"]
         assert (done["deleted_files_count"], done["deleted_bytes"]) == (6, 71)  # config: 21 B
-        body = await delete(client, "task_a")  # a real run still respects the lock
+        body = await delete_ok(client, "task_a")  # a real run still respects the lock
         assert body["data"]["failed_tasks"][0]["error_code"] == "TASK_LOCKED"
     finally:
         other.rollback()
         other.close()
     assert tree_snapshot(base_dir / "task_a") == before
-
-
-@pytest.fixture
-def immutable():
-    made: list[Path] = []
-
-    def make(path: Path) -> None:
-        result = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
-        if result.returncode:
-            pytest.skip(f"chattr +i not supported here: {result.stderr.decode().strip()}")
-        made.append(path)
-
-    yield make
-    for path in made:
-        subprocess.run(["chattr", "-i", str(path)], check=False)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chattr +i needs root")
@@ -143,13 +111,13 @@ async def test_a_dry_run_reports_what_the_real_run_cannot_remove(
     immutable(task_dir / "table_0.ddl")
     before = tree_snapshot(task_dir)
 
-    dry = await delete(client, "task_a", dry_run=True)
+    dry = await delete_ok(client, "task_a", dry_run=True)
     (failed,) = dry["data"]["failed_tasks"]
     assert failed["error_code"] == "PURGE_FAILED"
     assert any("table_0.ddl" in error for error in failed["errors"])
     assert tree_snapshot(task_dir) == before
 
-    real = await delete(client, "task_a")
+    real = await delete_ok(client, "task_a")
     assert real["data"]["failed_tasks"][0]["error_code"] == "PURGE_FAILED"
     assert pg.task("task_a")["directory_exists"] is True
 
@@ -193,7 +161,7 @@ async def test_the_remains_of_a_failed_purge_go_back_once_the_lock_is_free(
     client = await aiohttp_client(app)
     task_dir = task_factory("task_a", files=5)
     before = tree_snapshot(task_dir)
-    body = await delete(client, "task_a")
+    body = await delete_ok(client, "task_a")
     (failed,) = body["data"]["failed_tasks"]
     assert failed["error_code"] == "PURGE_FAILED"
     assert "已放回任务目录" in failed["error"]
@@ -224,7 +192,7 @@ async def test_a_detach_that_fails_after_moving_is_recorded_truthfully(
     app[appkeys.PLUGINS].register(MovesThenFails(elsewhere))
     client = await aiohttp_client(app)
     task_factory("task_a")
-    body = await delete(client, "task_a")
+    body = await delete_ok(client, "task_a")
     (failed,) = body["data"]["failed_tasks"]
     assert failed["error_code"] == "DETACH_FAILED"
     assert not (base_dir / "task_a").exists()
@@ -232,27 +200,6 @@ async def test_a_detach_that_fails_after_moving_is_recorded_truthfully(
 
 
 # ---------------------------------------------------------------- a COMMIT lost to a hung database
-
-
-def server_pids(pgdata: Path) -> list[int]:
-    """The postmaster (first line of postmaster.pid) and all its children."""
-    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
-    pids = [postmaster]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat_line = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat_line.rsplit(")", 1)[1].split()[1]) == postmaster:
-                pids.append(int(entry))
-    return pids
-
-
-def signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 class HangsTheDatabaseBeforeCommit:
@@ -272,22 +219,10 @@ class HangsTheDatabaseBeforeCommit:
         return False
 
 
-@pytest.fixture
-def own_server(tmp_path_factory):
-    from service.embedded import start_embedded
-
-    pgdata = tmp_path_factory.mktemp("pg") / "pgdata"
-    url, stop = start_embedded(pgdata)
-    yield pgdata, url
-    signal_all(server_pids(pgdata), signal.SIGCONT)
-    stop()
-    shutil.rmtree(pgdata, ignore_errors=True)
-
-
 async def test_a_commit_lost_to_a_hung_database_is_read_back(
     aiohttp_client, own_server, workdir, base_dir
 ):
-    pgdata, url = own_server
+    pgdata, url = own_server.pgdata, own_server.url
     config = write_settings(workdir, "[database]\ntimeout = 1\n")
     settings = load_settings(config, environ={"DATABASE_URL": url})
     hang = HangsTheDatabaseBeforeCommit(pgdata)
@@ -299,7 +234,7 @@ async def test_a_commit_lost_to_a_hung_database_is_read_back(
     task_dir = make_task_dir(base_dir, "task_a", files=12)
     before = tree_snapshot(task_dir)
 
-    body = await delete(client, "task_a")
+    body = await delete_ok(client, "task_a")
 
     signal_all(hang.pids, signal.SIGCONT)
     record = pg.task("task_a")

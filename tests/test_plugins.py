@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from datetime import datetime, timedelta
 
 import pytest
 
-from tests.conftest import ROOT, write_settings
+from tests.helpers import ROOT, delete_ok, run_py, write_settings
 
-URL = "/api/v0/data_pipeline/tasks"
 GUIDE = ROOT / "docs" / "plugins.md"
-
-
-async def delete(client, *task_ids, **options):
-    body = {"task_ids": list(task_ids), "confirm": True, **options}
-    resp = await client.request("DELETE", URL, json=body)
-    return await resp.json()
 
 
 # ---------------------------------------------------------------- the guide
@@ -51,12 +42,12 @@ def guide_example(workdir, monkeypatch):
 )
 async def test_the_guides_example_runs(guide_example, client, task_factory, workdir):
     task_dir = task_factory("task_big", files=20)
-    body = await delete(client, "task_big")
+    body = await delete_ok(client, "task_big")
     (failed,) = body["data"]["failed_tasks"]
     assert failed["error_code"] == "TOO_BIG" and "20" in failed["error"]
     assert task_dir.is_dir()
 
-    body = await delete(client, "task_big", force=True)
+    body = await delete_ok(client, "task_big", force=True)
     assert body["data"]["deleted_tasks"][0]["task_id"] == "task_big"
     assert "task_big" in (workdir / "journal.txt").read_text()
 
@@ -71,10 +62,7 @@ def start_with(workdir, settings_text: str, extra_files: dict[str, str] | None =
         path.write_text(text)
     config = write_settings(workdir, settings_text)
     env = {**os.environ, "PYTHONPATH": str(workdir), "DATABASE_URL": "postgresql://unused/x"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "--config", str(config), "--port", "0"],
-        capture_output=True, text=True, env=env, timeout=30,
-    )  # fmt: skip
+    return run_py("--config", str(config), "--port", "0", env=env, timeout=30)
 
 
 TYPO_PLUGIN = """
@@ -168,7 +156,7 @@ async def test_retention_guard_refuses_young_and_kept_tasks(client, task_factory
     task_factory("task_young", created_at=datetime.now() - timedelta(hours=5))
     task_factory("task_kept", status="failed", created_at=datetime.now() - timedelta(days=9))
     task_factory("task_old", created_at=datetime.now() - timedelta(days=9))
-    body = await delete(client, "task_young", "task_kept", "task_old", force=True)
+    body = await delete_ok(client, "task_young", "task_kept", "task_old", force=True)
     failed = {t["task_id"]: t for t in body["data"]["failed_tasks"]}
     assert failed["task_young"]["error_code"] == "RETENTION_GUARD"
     assert "48" in failed["task_young"]["error"]
@@ -181,9 +169,9 @@ async def test_retention_guard_refuses_young_and_kept_tasks(client, task_factory
 @pytest.mark.parametrize("settings_text", [GUARD + "allow_force = true\n"])
 async def test_retention_guard_yields_to_force_when_allowed(client, task_factory, base_dir):
     task_factory("task_young", created_at=datetime.now() - timedelta(hours=5))
-    body = await delete(client, "task_young")
+    body = await delete_ok(client, "task_young")
     assert body["data"]["failed_tasks"][0]["error_code"] == "RETENTION_GUARD"
-    body = await delete(client, "task_young", force=True)
+    body = await delete_ok(client, "task_young", force=True)
     assert body["data"]["deleted_tasks"][0]["task_id"] == "task_young"
     assert not (base_dir / "task_young").exists()
 

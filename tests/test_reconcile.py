@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from service.trash import Trash
-from tests.conftest import ROOT, insert_task, make_task_dir, tree_snapshot
+from tests.helpers import insert_task, make_task_dir, mounted, run_py, tree_snapshot
 
 
 def run_reconcile(workdir, database_url, *args):
     env = {**os.environ, "DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "--config", str(workdir / "settings.toml"),
-         "reconcile", *args],
-        capture_output=True, text=True, env=env, timeout=60,
-    )  # fmt: skip
+    return run_py("--config", str(workdir / "settings.toml"), "reconcile", *args, env=env)
 
 
 def test_reconcile_reports_then_fixes_and_deletes_nothing_but_trash(
@@ -72,16 +63,6 @@ def test_reconcile_reports_then_fixes_and_deletes_nothing_but_trash(
 # ---------------------------------------------------------------- a base that is not the truth
 
 
-@contextlib.contextmanager
-def tmpfs(at: Path) -> Iterator[Path]:
-    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(at)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield at
-    finally:
-        subprocess.run(["umount", "-l", str(at)], check=True)
-
-
 def flags(pg, *task_ids):
     return [pg.task(t)["directory_exists"] for t in task_ids]
 
@@ -113,7 +94,7 @@ def test_fix_refuses_an_unmounted_share_and_another_file_system(
     service_factory, pg, base_dir, workdir, database_url
 ):
     service_factory().stop()
-    with tmpfs(base_dir):  # the share, mounted
+    with mounted("-t", "tmpfs", "tmpfs", at=base_dir):  # the share, mounted
         insert_task(pg, "task_a")
         insert_task(pg, "task_gone")  # recorded as existing, really gone
         make_task_dir(base_dir, "task_a")
@@ -126,7 +107,7 @@ def test_fix_refuses_an_unmounted_share_and_another_file_system(
     assert refused.returncode == 2 and "是空的，而 1 条记录说目录存在" in refused.stderr
     assert flags(pg, "task_a") == [True]
 
-    with tmpfs(base_dir):  # another file system, not empty
+    with mounted("-t", "tmpfs", "tmpfs", at=base_dir):  # another file system, not empty
         make_task_dir(base_dir, "task_other")
         refused = run_reconcile(workdir, database_url, "--fix")
         assert refused.returncode == 2

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.conftest import insert_task
-
-URL = "/api/v0/data_pipeline/tasks"
+from tests.helpers import URL, insert_task
 
 
 def make_big_task(base_dir, task_id: str, files: int) -> None:

@@ -17,8 +17,7 @@ import structlog
 
 from service.app import create_app
 from service.db import Database, SchemaBlocked
-
-URL = "/api/v0/data_pipeline/tasks"
+from tests.helpers import URL
 
 # The pipeline's original tables: those of docs/design.md without directory_exists and
 # updated_at.
@@ -316,15 +315,6 @@ async def test_service_processes_starting_at_once_migrate_the_pipelines_tables_o
 
 
 # ---------------------------------------------------------------- never stall the pipeline
-
-
-@pytest.fixture
-def pipeline_session(database_url):
-    """A session of the pipeline's own, with a transaction it keeps open."""
-    conn = psycopg2.connect(database_url)
-    yield conn
-    conn.rollback()
-    conn.close()
 
 
 def backend_pid(conn) -> int:

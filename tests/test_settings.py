@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from service.settings import SettingsError, load_settings
-from tests.conftest import ROOT
+from tests.helpers import ROOT, run_py
 
 DEFAULT_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
@@ -179,14 +178,7 @@ def start(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ}
     env["DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/never"  # never reached
     try:
-        return subprocess.run(
-            [sys.executable, str(ROOT / "run.py"), *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
+        return run_py(*args, cwd=tmp_path, env=env, timeout=20)
     except subprocess.TimeoutExpired:
         pytest.fail("the service started instead of refusing its settings")
 

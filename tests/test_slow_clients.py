@@ -24,8 +24,8 @@ import pytest
 import requests
 
 from service.server import BACKLOG, FIXED_RESERVE, connection_limit
+from tests.helpers import URL
 
-URL = "/api/v0/data_pipeline/tasks"
 TOKEN = "slow-clients-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

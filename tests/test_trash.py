@@ -27,33 +27,23 @@ from service.errors import TaskFailed
 from service.hookspecs import hookimpl
 from service.settings import load_settings
 from service.trash import Trash, TrashUnsafe
-from tests.conftest import ROOT, insert_task, make_task_dir, tree_snapshot, write_settings
+from tests.helpers import (
+    ROOT,
+    URL,
+    delete_ok,
+    insert_task,
+    make_task_dir,
+    mounted,
+    run_py,
+    tree_snapshot,
+    write_settings,
+)
 
-URL = "/api/v0/data_pipeline/tasks"
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mounts, chown, chattr")
-
-
-async def delete(client, *task_ids, **options):
-    body = {"task_ids": list(task_ids), "confirm": True, **options}
-    resp = await client.request("DELETE", URL, json=body)
-    assert resp.status == 200
-    return await resp.json()
 
 
 def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
-
-
-@contextlib.contextmanager
-def mounted(*args: str, at: Path) -> Iterator[Path]:
-    """``mount ARGS at``, unmounted however the test ends."""
-    result = subprocess.run(["mount", *args, str(at)], capture_output=True, text=True)
-    if result.returncode:
-        pytest.skip(f"cannot mount here: {result.stderr.strip()}")
-    try:
-        yield at
-    finally:
-        subprocess.run(["umount", "-l", str(at)], check=True)
 
 
 def decoy(outside: Path) -> dict[str, bytes | str]:
@@ -134,12 +124,8 @@ def test_the_service_process_says_why_in_one_line(pg, base_dir, workdir, databas
     outside = workdir / "home"
     before = decoy(outside)
     (base_dir / ".trash").symlink_to(outside)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "--config", str(workdir / "settings.toml"),
-         "--port", "0"],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "DATABASE_URL": database_url},
-    )  # fmt: skip
+    env = {**os.environ, "DATABASE_URL": database_url}
+    result = run_py("--config", str(workdir / "settings.toml"), "--port", "0", env=env)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: 回收区 .trash 是符号链接，拒绝使用"
     assert tree_snapshot(outside) == before
@@ -160,12 +146,8 @@ def test_reconcile_refuses_a_trash_symlink_and_touches_nothing_through_it(
     (base_dir / ".trash").symlink_to(outside)
 
     for args in ([], ["--fix"]):
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "run.py"), "--config", str(workdir / "settings.toml"),
-             "reconcile", *args],
-            capture_output=True, text=True, timeout=60,
-            env={**os.environ, "DATABASE_URL": database_url},
-        )  # fmt: skip
+        env = {**os.environ, "DATABASE_URL": database_url}
+        result = run_py("--config", str(workdir / "settings.toml"), "reconcile", *args, env=env)
         assert result.returncode == 2
         assert result.stderr.strip() == "error: 回收区 .trash 是符号链接，拒绝使用"
     assert tree_snapshot(outside) == before
@@ -184,7 +166,7 @@ async def test_a_trash_swapped_for_a_symlink_while_serving_fails_deletions(
     (base_dir / ".trash").symlink_to(outside)
 
     for dry_run in (True, False):  # a dry run says what the real run would
-        body = await delete(client, "task_a", dry_run=dry_run)
+        body = await delete_ok(client, "task_a", dry_run=dry_run)
         (failed,) = body["data"]["failed_tasks"]
         assert failed["error_code"] == "TRASH_UNSAFE"
         assert failed["error"] == "回收区 .trash 是符号链接，拒绝使用"
@@ -265,7 +247,7 @@ async def test_deleting_on_a_file_system_out_of_blocks(aiohttp_client, workdir, 
         assert_full(base)
         free_before = os.statvfs(base).f_bfree
 
-        body = await delete(client, "task_a")
+        body = await delete_ok(client, "task_a")
 
         (deleted,) = body["data"]["deleted_tasks"]
         assert deleted["deleted_bytes"] == 11 * 200_000 + len(json.dumps({"task_id": "task_a"}))
@@ -287,7 +269,7 @@ async def test_deleting_on_a_file_system_out_of_inodes(aiohttp_client, workdir, 
         assert_full(base)
         assert os.statvfs(base).f_ffree == 0
 
-        body = await delete(client, "task_a")
+        body = await delete_ok(client, "task_a")
 
         assert body["data"]["deleted_tasks"][0]["deleted_files_count"] == 8
         assert not task.exists() and os.listdir(base / ".trash") == []
@@ -322,7 +304,7 @@ async def test_no_room_for_a_trash_at_start_up_still_serves(
         client = await app_on(aiohttp_client, workdir, database_url, "full")
         insert_task(pg, "task_a")
 
-        body = await delete(client, "task_a")
+        body = await delete_ok(client, "task_a")
 
         assert body["data"]["failed_tasks"][0]["error_code"] == "NO_SPACE"
         assert (task / "task_config.json").exists()
@@ -339,7 +321,7 @@ async def test_an_immutable_base_is_permission_denied(client, task_factory, base
     before = tree_snapshot(task)
     sh("chattr", "+i", str(base_dir))  # even root cannot rename out of it
     try:
-        body = await delete(client, "task_a")
+        body = await delete_ok(client, "task_a")
     finally:
         sh("chattr", "-i", str(base_dir))
     (failed,) = body["data"]["failed_tasks"]
@@ -543,7 +525,7 @@ async def test_a_tree_goes_back_even_if_the_trash_was_swapped_meanwhile(
     task = make_task_dir(base_dir, "task_a", files=9)
     before = tree_snapshot(task)
 
-    body = await delete(client, "task_a")
+    body = await delete_ok(client, "task_a")
 
     (failed,) = body["data"]["failed_tasks"]
     assert failed["error_code"] == "RECORD_REFUSED"

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import insert_task
+from tests.helpers import URL, insert_task
 
-URL = "/api/v0/data_pipeline/tasks"
 TASKS = 16
 LEVELS = 300
 FILES_PER_LEVEL = 2
