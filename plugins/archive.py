@@ -232,7 +232,7 @@ def _add(tar: tarfile.TarFile, info: tarfile.TarInfo, fd: int | None) -> None:
     else:
         with os.fdopen(fd, "rb") as f:
             tar.addfile(info, f)
-    tar.members.clear()  # tarfile keeps every member otherwise: memory would grow
+    tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every member otherwise: memory would grow
 
 
 def _member(st: os.stat_result, arcname: str, linkname: str) -> tarfile.TarInfo:
@@ -280,7 +280,7 @@ def archive_counts(path: Path) -> tuple[int, int]:
             members += 1
             if info.isreg():
                 size += info.size
-            tar.members.clear()
+            tar.members.clear()  # type: ignore[attr-defined]
     return members, size
 
 
@@ -307,7 +307,7 @@ def extract_into(archive: Path, task_id: str, root_fd: int) -> None:
             for i, info in enumerate(tar):
                 _check_member(info, task_id, first=i == 0)
                 extractor.add(tar, info)
-                tar.members.clear()
+                tar.members.clear()  # type: ignore[attr-defined]
             extractor.finish()
     except ArchiveError as e:
         raise RestoreFailed(str(e)) from e

@@ -224,12 +224,11 @@ class AuditLog:
                 raise RuntimeError("audit log is not open")
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
+                error: OSError | None = None
                 try:
                     written = os.write(fd, line)
                 except OSError as e:
                     written, error = 0, e
-                else:
-                    error = None
                 if written == len(line):
                     return
                 if written:

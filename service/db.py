@@ -343,7 +343,8 @@ class Database:
         status: str | None = None,
         directory_exists: bool | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if status is not None:
             where.append("status = %s")
             args.append(status)

