@@ -41,7 +41,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
     the schema in place. Used by the service and by the operator commands."""
     url, stop = settings.database_url, None
     if not url:
-        url, stop = await asyncio.to_thread(start_embedded, settings.var_dir / "pgdata")
+        url, stop = await asyncio.to_thread(start_embedded, settings.embedded_data_dir)
     try:
         db = await Database.connect(
             url, timeout=settings.db_timeout, lock_timeout=settings.db_lock_timeout

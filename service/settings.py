@@ -23,19 +23,31 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "header_timeout": 10.0,
         "body_timeout": 30.0,
         "max_connections": 512,
+        "shutdown_grace": 30.0,
     },
     "tasks": {
         "base_dir": "data_pipeline/training_data",
         "id_pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
         "protected": ["vector_bak"],
     },
-    "database": {"url": "", "timeout": 5.0, "lock_timeout": 2.0, "schema_wait": 60.0},
+    "database": {
+        "url": "",
+        "timeout": 5.0,
+        "lock_timeout": 2.0,
+        "schema_wait": 60.0,
+        "embedded_data_dir": "var/pgdata",
+    },
     "audit": {"path": "var/audit.log"},
     "limits": {"max_task_ids": 1000, "purge_threads": 8, "walk_descriptors": 256},
     "plugins": {"enabled": [], "entry_points": True},
     "auth": {"tokens": [], "allow_anonymous": False},
+    "jobs": {"concurrency": 2, "lease_seconds": 30.0, "retention_days": 30.0},
+    "cleanup": {"schedules": []},
+    "logging": {"level": "info"},
+    "metrics": {"public": False},
 }
-SCOPES = ("read", "delete")
+SCOPES = ("read", "delete", "metrics")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 _TYPE_NAMES = {
@@ -85,6 +97,18 @@ class Settings:
     # The process-wide purge pool, and the descriptors all walks together may hold.
     purge_threads: int = 8
     walk_descriptors: int = 256
+    # Seconds a running deletion may take to finish after SIGTERM.
+    shutdown_grace: float = 30.0
+    embedded_data_dir: Path = Path("var/pgdata")
+    # Background jobs: run at once per instance; a lease not renewed for this
+    # long lets another instance take the job over; finished jobs are kept.
+    job_concurrency: int = 2
+    job_lease_seconds: float = 30.0
+    job_retention_days: float = 30.0
+    # [cleanup] schedules, validated (service.cleanup owns their shape).
+    cleanup_schedules: tuple[Any, ...] = ()
+    log_level: str = "info"
+    metrics_public: bool = False
 
     @property
     def var_dir(self) -> Path:
@@ -148,6 +172,11 @@ def _validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 raise SettingsError(f"settings: unknown key {section}.{key}")
             if (section, key) == ("auth", "tokens"):
                 values[section][key] = _tokens(value)
+                continue
+            if (section, key) == ("cleanup", "schedules"):
+                if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+                    raise SettingsError("settings: cleanup.schedules must be a list of tables")
+                values[section][key] = value  # each table: service.cleanup validates it
                 continue
             _check_type(f"{section}.{key}", value, type(DEFAULTS[section][key]))
             values[section][key] = value
@@ -231,12 +260,18 @@ def _build(root: Path, v: dict[str, dict[str, Any]], plugins_raw: dict[str, Any]
     _at_least(v, "limits", "purge_threads", 1)
     _at_least(v, "limits", "walk_descriptors", 16)
     _at_least(v, "server", "max_connections", 1)
+    _at_least(v, "jobs", "concurrency", 1)
+    if v["logging"]["level"] not in LOG_LEVELS:
+        raise SettingsError(f"settings: logging.level must be one of {', '.join(LOG_LEVELS)}")
     for section, key in (
         ("server", "header_timeout"),
         ("server", "body_timeout"),
         ("database", "timeout"),
         ("database", "lock_timeout"),
         ("database", "schema_wait"),
+        ("server", "shutdown_grace"),
+        ("jobs", "lease_seconds"),
+        ("jobs", "retention_days"),
     ):
         _at_least(v, section, key, 0.001, "positive")
     return Settings(
@@ -262,6 +297,14 @@ def _build(root: Path, v: dict[str, dict[str, Any]], plugins_raw: dict[str, Any]
         schema_wait=float(v["database"]["schema_wait"]),
         purge_threads=v["limits"]["purge_threads"],
         walk_descriptors=v["limits"]["walk_descriptors"],
+        shutdown_grace=float(v["server"]["shutdown_grace"]),
+        embedded_data_dir=_resolve(root, v["database"]["embedded_data_dir"]),
+        job_concurrency=v["jobs"]["concurrency"],
+        job_lease_seconds=float(v["jobs"]["lease_seconds"]),
+        job_retention_days=float(v["jobs"]["retention_days"]),
+        cleanup_schedules=tuple(v["cleanup"]["schedules"]),
+        log_level=v["logging"]["level"],
+        metrics_public=v["metrics"]["public"],
     )
 
 
