@@ -49,7 +49,11 @@ _RECORD_FAILED = {
     True: "数据库记录更新失败，目录已恢复，任务未删除",
     False: "数据库记录更新失败，目录暂留回收区，重启服务时放回，任务未删除",
 }
-_COMMIT_UNKNOWN = "数据库提交结果未知，目录暂留回收区，数据库恢复后按记录放回或清除"
+# The DATABASE_ERROR message when a COMMIT's outcome stays unknown, by whether a tree waits.
+_COMMIT_UNKNOWN = {
+    True: "数据库提交结果未知，目录暂留回收区，数据库恢复后按记录放回或清除",
+    False: "数据库提交结果未知，任务记录可能未更新",
+}
 # How long a task waits for an answer about an unknown COMMIT, or for the
 # lock before putting a failed purge's remains back, before it gives up.
 _SETTLE_SECONDS = 30.0
@@ -273,15 +277,18 @@ class Deleter:
                         restored, detached = await self._reattach(task, detached), None
                     raise
         except CommitUnknown as e:
-            if detached is None:
-                raise
+            # The server may still carry the COMMIT out: read the record back.
             committed = await self._committed(task)
-            if committed is None:  # still no answer: settle it when the database is back
-                self._settle_later(task, detached)
-                raise TaskFailed(errors.DATABASE_ERROR, _COMMIT_UNKNOWN) from e
+            if committed is None:  # still no answer: settle the tree when it comes
+                if detached is not None:
+                    self._settle_later(task, detached)
+                message = _COMMIT_UNKNOWN[detached is not None]
+                raise TaskFailed(errors.DATABASE_ERROR, message) from e
             if not committed:
-                restored = await self._reattach(task, detached)
-                raise TaskFailed(errors.DATABASE_ERROR, _RECORD_FAILED[restored]) from e
+                if detached is not None:
+                    restored = await self._reattach(task, detached)
+                    raise TaskFailed(errors.DATABASE_ERROR, _RECORD_FAILED[restored]) from e
+                raise
             log.info("commit_confirmed", task_id=task.task_id)
         except DatabaseError as e:
             if detached is not None:  # the COMMIT itself failed
@@ -297,18 +304,20 @@ class Deleter:
         )
 
     async def ready_to_delete(self) -> None:
-        """Raise ``AuditUnavailableError`` (503) while the audit cannot be written."""
+        """Raise ``AuditUnavailableError`` (503) while the audit cannot be written:
+        the request is refused whole, before any task starts."""
         try:
             await asyncio.to_thread(self.audit.reserve)
         except AuditUnavailable as e:
             raise errors.AuditUnavailableError() from e
 
     async def _reserve_audit(self) -> None:
-        """No deletion without its audit line: make sure it can be written first."""
+        """The same check for one task, just before its rename: no deletion
+        without its audit line. The task fails, nothing changed."""
         try:
-            await asyncio.to_thread(self.audit.reserve)
-        except AuditUnavailable as e:
-            raise TaskFailed(errors.AUDIT_UNAVAILABLE, errors.AUDIT_UNAVAILABLE_MESSAGE) from e
+            await self.ready_to_delete()
+        except errors.AuditUnavailableError as e:
+            raise TaskFailed(errors.AUDIT_UNAVAILABLE, e.message) from e
 
     async def _audit(self, event: str, record: dict[str, Any]) -> None:
         """Write an audit line. A failure puts the audit in its failed state, in
