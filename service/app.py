@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 from aiohttp import web
 
-from service import appkeys, fs, handlers
+from service import appkeys, fs, handlers, metrics, probes, shutdown
 from service.audit import AuditLog
 from service.auth import auth_middleware
 from service.db import Database
@@ -65,7 +65,17 @@ def create_app(settings: Settings) -> web.Application:
     trash = Trash(settings.base_dir)
     app[appkeys.SETTINGS] = settings
     app[appkeys.TRASH] = trash
-    app[appkeys.PLUGINS] = create_plugin_manager(settings, trash)
+    # Operations (probes, metrics, graceful shutdown): service/probes.py,
+    # service/metrics.py, service/shutdown.py.
+    app[appkeys.AUDIT] = audit_log
+    app[appkeys.METRICS] = app_metrics = metrics.Metrics()
+    app[appkeys.SHUTDOWN] = shutdown.Shutdown()
+    app.middlewares.insert(1, metrics.middleware)  # outside error_middleware: the sent status
+    app.middlewares.append(shutdown.shutdown_middleware)  # after auth: 503 once stopping
+    app.router.add_get("/healthz", probes.healthz)
+    app.router.add_get("/readyz", probes.readyz)
+    app.router.add_get(metrics.PATH, metrics.scrape)
+    app[appkeys.PLUGINS] = create_plugin_manager(settings, trash, app_metrics.observer)
 
     async def threads(app: web.Application) -> AsyncIterator[None]:
         # Every file-system call runs in a worker thread, and a purge holds one

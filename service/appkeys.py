@@ -5,9 +5,12 @@ from __future__ import annotations
 import pluggy
 from aiohttp import web
 
+from service.audit import AuditLog
 from service.db import Database
+from service.metrics import Metrics
 from service.pipeline import Deleter
 from service.settings import Settings
+from service.shutdown import Shutdown
 from service.trash import Trash
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -17,3 +20,7 @@ DELETER = web.AppKey("deleter", Deleter)
 TRASH = web.AppKey("trash", Trash)
 REQUEST_ID = web.RequestKey("request_id", str)
 ACTOR = web.RequestKey("actor", str)  # the token's name, or "anonymous"
+# Operations: the audit (for /readyz), the metrics registry, the shutdown state.
+AUDIT = web.AppKey("audit", AuditLog)
+METRICS = web.AppKey("metrics", Metrics)
+SHUTDOWN = web.AppKey("shutdown", Shutdown)

@@ -30,6 +30,10 @@ just before it detaches each task's directory:
   ``audit_resumed`` line, which proves it and marks the gap); so deletions
   stop until the audit can record them.
 
+Rotation: ``reopen()`` (on SIGHUP, ``service.server``) opens the path anew,
+so logrotate can rename the file and signal, without ``copytruncate``;
+``reserve()`` also reopens a path whose file was moved or deleted.
+
 The lines are JSON with non-ASCII text as it is, except the characters that
 line-based readers take for line breaks (``str.splitlines`` splits on
 U+0085, U+2028 and U+2029 besides the ASCII ones, which JSON escapes
@@ -143,6 +147,17 @@ class AuditLog:
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def reopen(self) -> None:
+        """Open the path anew and write there from now on (SIGHUP, after
+        logrotate renamed the file). Raises OSError when it cannot: then the
+        old descriptor stays. Blocking."""
+        with self._lock:
+            old = self._fd
+            self.open()
+            if old is not None:
+                os.close(old)
+        log.info("audit_reopened", path=str(self.path), reason="sighup")
 
     def close(self) -> None:
         if self._fd is not None:

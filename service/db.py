@@ -191,6 +191,11 @@ class Database:
             )
         return cls(pool, maxsize, timeout=timeout, lock_timeout=lock_timeout)
 
+    @property
+    def connections_in_use(self) -> int:
+        """Connections of the pool handed out now (for the metrics)."""
+        return int(self._pool.size - self._pool.freesize)
+
     async def close(self) -> None:
         self._pool.close()
         await self._pool.wait_closed()

@@ -1,7 +1,18 @@
 """Logging through structlog: JSON lines when stdout is not a terminal, a
-readable console format when it is; the standard library's loggers through
-the same renderer, so nothing reaches stdout as plain text; a request id bound
-per request, and one access line per request."""
+readable console format when it is; a request id bound per request, and one
+access line per request.
+
+One pipeline for every record. structlog's loggers are standard-library
+loggers underneath (``structlog.stdlib.LoggerFactory``), and one handler on
+the root logger renders every record, structlog's and those of aiohttp, aiopg,
+asyncio and plugins alike, with ``structlog.stdlib.ProcessorFormatter``: so
+every stdout line is one JSON object, a traceback is its ``exception`` field,
+every line has a ``logger`` field, and one level (``[logging] level``, the
+root logger's) filters them all. Log timestamps carry their UTC offset
+(``2026-11-30T07:15:00.123+00:00``); the API's timestamps stay naive, as the
+contract shows them. The probes' access lines are logged at debug, so that a
+load balancer polling them does not fill the log at the default level.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +22,7 @@ import re
 import sys
 import time
 import uuid
+from datetime import datetime
 from typing import Any, TextIO
 
 import structlog
@@ -22,16 +34,31 @@ from service.audit import LINE_BREAKS
 access_log = structlog.get_logger("access")
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Polled by load balancers and Prometheus: their access lines are debug lines.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def _one_line(obj: Any, **kwargs: Any) -> str:
     return json.dumps(obj, **kwargs).translate(LINE_BREAKS)
 
 
-def configure_logging(stream: TextIO | None = None, *, json_lines: bool | None = None) -> None:
-    """structlog, and the standard library's loggers (asyncio, aiohttp, and
-    any a plugin uses) rendered by the same processors onto the same stream:
-    one JSON line per record, a traceback inside it, never plain text."""
+def _timestamp(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Local time with its UTC offset, to the millisecond."""
+    event_dict["timestamp"] = datetime.now().astimezone().isoformat(timespec="milliseconds")
+    return event_dict
+
+
+def level_number(level: str) -> int:
+    """``[logging] level`` (``debug``, ``info``, ...) as the standard library's number."""
+    return logging.getLevelNamesMapping()[level.upper()]
+
+
+def configure_logging(
+    stream: TextIO | None = None, *, json_lines: bool | None = None, level: str = "info"
+) -> None:
+    """structlog, and the standard library's loggers (asyncio, aiohttp, aiopg,
+    and any a plugin uses) rendered by the same processors onto the same
+    stream: one JSON line per record, a traceback inside it, never plain text."""
     stream = stream or sys.stdout
     if json_lines is None:
         json_lines = not stream.isatty()
@@ -42,24 +69,26 @@ def configure_logging(stream: TextIO | None = None, *, json_lines: bool | None =
         else structlog.dev.ConsoleRenderer()
     )
     exc_info = structlog.processors.format_exc_info if json_lines else structlog.dev.set_exc_info
-    stamped: list[Any] = [
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=False),
+        _timestamp,
     ]
     structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, *stamped, exc_info, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[
-                structlog.contextvars.merge_contextvars,
-                structlog.stdlib.add_logger_name,
-                *stamped,
-            ],
+            foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 exc_info,
@@ -69,7 +98,7 @@ def configure_logging(stream: TextIO | None = None, *, json_lines: bool | None =
     )
     root = logging.getLogger()
     root.handlers = [handler]
-    root.setLevel(logging.INFO)
+    root.setLevel(level_number(level))
 
 
 @web.middleware
@@ -87,7 +116,8 @@ async def request_context_middleware(request: web.Request, handler: Any) -> web.
         response.headers[REQUEST_ID_HEADER] = request_id
         return response
     finally:
-        access_log.info(
+        emit = access_log.debug if request.path in QUIET_PATHS else access_log.info
+        emit(
             "request",
             method=request.method,
             path=request.path,

@@ -28,9 +28,12 @@ from service.trash import Trash
 ENTRY_POINT_GROUP = "dptask.plugins"
 
 
-def create_plugin_manager(settings: Settings, trash: Trash | None = None) -> pluggy.PluginManager:
+def create_plugin_manager(
+    settings: Settings, trash: Trash | None = None, metrics: object | None = None
+) -> pluggy.PluginManager:
     """``trash``: the application's; without one (tests, tools) a fresh
-    ``Trash`` of ``base_dir``, opened at its first use."""
+    ``Trash`` of ``base_dir``, opened at its first use. ``metrics``: the
+    application's task-outcome observer (``service.metrics.TaskOutcomes``)."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.register(checks, name="builtin.checks")
@@ -38,6 +41,8 @@ def create_plugin_manager(settings: Settings, trash: Trash | None = None) -> plu
         directory.DirectoryRemoval(trash or Trash(settings.base_dir)), name="builtin.directory"
     )
     pm.register(records, name="builtin.records")
+    if metrics is not None:
+        pm.register(metrics, name="builtin.metrics")
 
     modules = [(name, _load_plugin(name)) for name in settings.plugins_enabled]
     if settings.plugins_entry_points:

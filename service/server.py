@@ -30,6 +30,17 @@ Design notes:
   under a running process), asyncio reports it through the loop's exception
   handler, with a traceback, every second. ``ThrottledLog`` makes that one JSON
   line per kind per ``LOG_INTERVAL`` with a count of the repeats it held back.
+- Stopping (SIGTERM or SIGINT; see ``service.shutdown``). The process stops
+  taking work at once (``/readyz`` 503, new deletions and jobs 503) but keeps
+  listening, so probes and reads are answered while it drains: it waits for
+  the deletions in flight and, with the jobs engine, ``JobQueue.drain``
+  (running jobs go back to the queue for another instance), both within
+  ``server.shutdown_grace``. A second signal cuts the grace short. Then
+  aiohttp's shutdown closes the listener and cancels what is left (within
+  ``SHUTDOWN_REST`` s), the cleanup contexts close the database and the
+  audit, and one ``shutdown_complete`` line is logged; the exit status is 0.
+- SIGHUP reopens the audit log (logrotate renames it, then signals), and
+  never stops the process.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from service import appkeys
 from service.responses import envelope
 from service.settings import Settings
 
@@ -61,6 +73,8 @@ FIXED_RESERVE = 64
 BACKLOG = 128
 BUSY_MESSAGE = "服务繁忙，请稍后重试"
 BODY_TIMEOUT_MESSAGE = "请求体发送超时"
+# Seconds aiohttp's shutdown gives requests still running once the grace is over.
+SHUTDOWN_REST = 1.0
 
 
 class ListenError(OSError):
@@ -223,9 +237,23 @@ async def _serve(app: web.Application, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     throttled = ThrottledLog()
     loop.set_exception_handler(loop_exception_handler(throttled))
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_stop() -> None:
+        if stop.is_set():
+            hurry.set()  # a second signal: no more grace
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_stop)
+    reopening: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.create_task(_reopen_audit(app))
+        reopening.add(task)
+        task.add_done_callback(reopening.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
 
     app.middlewares.append(body_timeout_middleware(settings.body_timeout))
     runner = web.AppRunner(
@@ -233,6 +261,7 @@ async def _serve(app: web.Application, settings: Settings) -> None:
         access_log=None,  # one access line per request comes from our middleware
         handle_signals=False,
         keepalive_timeout=settings.header_timeout,
+        shutdown_timeout=SHUTDOWN_REST,  # the grace was given before (drain)
         # What a client still sends after its response (the rest of a body cut
         # off by a 408, say) is read and dropped for at most this long, then closed.
         lingering_time=settings.header_timeout,
@@ -255,5 +284,41 @@ async def _serve(app: web.Application, settings: Settings) -> None:
         )
         log.info("serving", url=f"http://{host}:{port}")
         await stop.wait()
+        drained = await _drain(app, settings.shutdown_grace, hurry)
     finally:
         await runner.cleanup()
+    log.info("shutdown_complete", drained=drained)
+
+
+async def _drain(app: web.Application, grace: float, hurry: asyncio.Event) -> bool:
+    """Stop taking work, then wait (within ``grace``, or until ``hurry``) for
+    the deletions in flight and the jobs engine's drain. True when all ended."""
+    state = app[appkeys.SHUTDOWN]
+    state.begin()
+    log.info("shutdown_started", grace=grace, in_flight=state.in_flight)
+    waits: list[Any] = [state.idle()]
+    key = getattr(appkeys, "JOBS", None)  # the jobs engine, when this build has it
+    if key is not None and (queue := app.get(key)) is not None:
+        waits.append(queue.drain(grace))
+    drain = asyncio.ensure_future(asyncio.gather(*waits))
+    hurried = asyncio.ensure_future(hurry.wait())
+    try:
+        await asyncio.wait([drain, hurried], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hurried.cancel()
+    if drain.done():
+        if drain.exception() is None:
+            return True
+        log.error("shutdown_drain_failed", exc_info=drain.exception())
+        return False
+    drain.cancel()
+    log.warning("shutdown_grace_over", in_flight=state.in_flight, hurried=hurry.is_set())
+    return False
+
+
+async def _reopen_audit(app: web.Application) -> None:
+    try:
+        await asyncio.to_thread(app[appkeys.AUDIT].reopen)
+    except OSError as e:
+        # The old file stays open: lines are not lost, and reserve() tries again.
+        log.error("audit_reopen_failed", error=e.strerror or str(e))

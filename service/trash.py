@@ -115,6 +115,13 @@ class Trash:
                     os.close(fd)
             self._held, self._retired = None, []
 
+    def verify(self) -> None:
+        """Check, as before a deletion, that the names still lead to the held
+        descriptors and the trash is safe (re-opening when they do not).
+        Blocking; raises ``TrashUnsafe`` or OSError. For the readiness probe:
+        unlike ``open()`` it takes no new descriptor while all is well."""
+        self._fds()
+
     def _fds_for_a_deletion(self) -> tuple[int, int]:
         """``_fds``, with its failures in a deletion's terms (``TaskFailed``)."""
         try:

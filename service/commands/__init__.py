@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = {"server": {"host": args.host, "port": args.port}}
         settings = load_settings(args.config, overrides=overrides)
-        configure_logging()
+        configure_logging(level=settings.log_level)
         if args.command == "demo":
             return asyncio.run(demo.run(settings, args.count))
         if args.command == "restore":
