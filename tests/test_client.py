@@ -417,8 +417,8 @@ def test_jobs_follow_cancel_and_unknown(jobs_url, make_task):
     assert cancelled.returncode == 0, cancelled.stderr
     assert cancelled.stdout.startswith(f"cancel requested: job {job_id}")
 
-    unknown = dptask("jobs", "0" * 32, url=jobs_url)
-    assert unknown.returncode == 2 and "404" in one_error_line(unknown)
+    unknown = dptask("jobs", str(uuid.uuid4()), url=jobs_url)
+    assert unknown.returncode == 2 and "answered 404" in one_error_line(unknown)
 
 
 # ---------------------------------------------------------------- tokens
