@@ -1,13 +1,16 @@
-"""The operator commands of ``python run.py``, apart from the request path:
+"""``dptask`` (= ``python run.py``): the operator commands, apart from the request path.
 
-python run.py [--config PATH] [--host HOST] [--port PORT]   serve the API (``serve``)
-python run.py demo [--count N]                              create sample tasks
-python run.py restore ARCHIVE                               put an archived task back
-python run.py reconcile [--fix [--force]]                   records vs. disk, and the trash
+dptask [--config PATH] [serve] [--host HOST] [--port PORT]  serve the API
+dptask demo [--count N]                                     create sample tasks
+dptask restore ARCHIVE                                      put an archived task back
+dptask reconcile [--fix [--force]]                          records vs. disk, and the trash
+dptask tasks | delete | cleanup | jobs                      the HTTP client (``client.py``)
 
-One module per command, each with ``run(settings, ...) -> exit status``.
-``--config`` works before or after the command. Every start-up problem
-(settings, database, port) ends in one line on stderr and a non-zero exit.
+The operator commands read the settings: one module each, with
+``run(settings, ...) -> exit status``; ``--config`` works before or after the
+command, and every start-up problem (settings, database, port) ends in one line
+on stderr and a non-zero exit. A command that sets ``handler`` (the client's)
+runs with its parsed arguments alone, reading no settings.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from service.commands import demo, reconcile, restore, serve
+from service.commands import client, demo, reconcile, restore, serve
 from service.commands.fail import fail
 from service.db import DatabaseError
 from service.logs import configure_logging
@@ -36,6 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="listen address (overrides server.host)")
     parser.add_argument("--port", type=int, help="listen port (overrides server.port)")
     commands = parser.add_subparsers(dest="command")
+    serve_cmd = commands.add_parser("serve", parents=[on_command], help="serve the API (default)")
+    serve_cmd.add_argument("--host", default=argparse.SUPPRESS, help="listen address")
+    serve_cmd.add_argument("--port", type=int, default=argparse.SUPPRESS, help="listen port")
     demo_cmd = commands.add_parser("demo", parents=[on_command], help="create sample tasks")
     demo_cmd.add_argument("--count", type=int, default=10, help="how many (default 10)")
     restore_cmd = commands.add_parser(
@@ -55,11 +61,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="fix even when base_dir is missing, empty, or on another file system than last time",
     )
+    client.add_commands(commands)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if handler := getattr(args, "handler", None):
+        return int(handler(args))
     try:
         overrides = {"server": {"host": args.host, "port": args.port}}
         settings = load_settings(args.config, overrides=overrides)
