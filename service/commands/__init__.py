@@ -16,7 +16,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from service.commands import demo, reconcile, restore, serve
+from service.commands import config, demo, reconcile, restore, serve
 from service.commands.fail import fail
 from service.db import DatabaseError
 from service.logs import configure_logging
@@ -36,6 +36,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="listen address (overrides server.host)")
     parser.add_argument("--port", type=int, help="listen port (overrides server.port)")
     commands = parser.add_subparsers(dest="command")
+    # h-package: `dptask serve` (the default with no command) and `dptask config`.
+    listen = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    listen.add_argument("--host", help="listen address (overrides server.host)")
+    listen.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    commands.add_parser("serve", parents=[on_command, listen], help="serve the API (default)")
+    config.add_parser(
+        commands, argparse.ArgumentParser(add_help=False, parents=[on_command, listen])
+    )
     demo_cmd = commands.add_parser("demo", parents=[on_command], help="create sample tasks")
     demo_cmd.add_argument("--count", type=int, default=10, help="how many (default 10)")
     restore_cmd = commands.add_parser(
@@ -62,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         overrides = {"server": {"host": args.host, "port": args.port}}
+        if args.command == "config":
+            return config.run(args.config, overrides)
         settings = load_settings(args.config, overrides=overrides)
         configure_logging()
         if args.command == "demo":
