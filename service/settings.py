@@ -126,8 +126,38 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Read ``path`` (default ``./settings.toml``; a missing default file means
-    all defaults), apply ``overrides`` (command-line flags), then the
-    environment: ``DATABASE_URL`` and ``DPTASK_DISABLE_PLUGIN_AUTOLOAD``."""
+    all defaults), then the environment, then ``overrides`` (command-line
+    flags): flags > environment > file > defaults (see ``layered``)."""
+    layers = layered(path, overrides=overrides, environ=environ)
+    try:
+        return _build(layers.root, layers.values, layers.plugins_raw)
+    except SettingsError as e:
+        # A range check on a value from the environment: name the variable.
+        for (section, key), origin in layers.origins.items():
+            if origin.startswith("env ") and f"{section}.{key} " in f"{e} ":
+                raise SettingsError(f"environment: {origin[4:]}: {_without_prefix(e)}") from None
+        raise
+
+
+@dataclass
+class Layers:
+    """Every setting's value before ``_build`` and where it came from."""
+
+    file: Path
+    root: Path
+    values: dict[str, dict[str, Any]]
+    origins: dict[tuple[str, str], str]  # "default", "file PATH", "env VAR", "flag --X"
+    plugins_raw: dict[str, Any]
+
+
+def layered(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Layers:
+    """Defaults, the file, the environment, the flags: each validated as it is
+    applied, so that an error names the file's key or the variable."""
     env: Mapping[str, str] = os.environ if environ is None else environ
     if path is None:
         file = Path.cwd() / "settings.toml"
@@ -135,15 +165,74 @@ def load_settings(
     else:
         file = Path(path)
         raw = _read_toml(file)
-    root = file.resolve().parent
     values = _validate(raw)
+    origins = {(section, key): "default" for section, keys in DEFAULTS.items() for key in keys}
+    for section, table in raw.items():
+        for key, value in table.items():
+            if not (section == "plugins" and isinstance(value, dict)):
+                origins[section, key] = f"file {file}"
+    for var, section, key, value in _environment(env):
+        values[section][key] = value
+        origins[section, key] = f"env {var}"
     for section, keys in (overrides or {}).items():
-        values[section].update({k: v for k, v in keys.items() if v is not None})
+        for key, value in keys.items():
+            if value is not None:
+                values[section][key] = value
+                origins[section, key] = f"flag --{key.replace('_', '-')}"
+    return Layers(file, file.resolve().parent, values, origins, raw.get("plugins", {}))
+
+
+ENV_PREFIX = "DPTASK_"
+
+
+def env_var(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section}_{key}".upper()
+
+
+def _environment(env: Mapping[str, str]) -> list[tuple[str, str, str, Any]]:
+    """``DPTASK_<SECTION>_<KEY>`` variables as (variable, section, key, value).
+
+    A string setting takes the variable's text as it is (``DPTASK_SERVER_HOST=
+    0.0.0.0``); any other is a TOML value (``DPTASK_SERVER_PORT=9000``,
+    ``DPTASK_TASKS_PROTECTED='["a", "b"]'``, ``DPTASK_METRICS_PUBLIC=true``,
+    tables inline), parsed by ``tomllib`` and checked by ``_validate``: one
+    syntax and one set of rules for the file and the environment. Variables
+    outside the sections (``DPTASK_URL``, the client's) are not settings.
+    ``DATABASE_URL`` is honoured too; ``DPTASK_DATABASE_URL`` wins over it.
+    """
+    found: list[tuple[str, str, str, Any]] = []
     if env.get("DATABASE_URL"):
-        values["database"]["url"] = env["DATABASE_URL"]
+        found.append(("DATABASE_URL", "database", "url", env["DATABASE_URL"]))
     if env.get("DPTASK_DISABLE_PLUGIN_AUTOLOAD"):  # as pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD
-        values["plugins"]["entry_points"] = False
-    return _build(root, values, raw.get("plugins", {}))
+        found.append(("DPTASK_DISABLE_PLUGIN_AUTOLOAD", "plugins", "entry_points", False))
+    for var in sorted(env):
+        name = var.upper()
+        section = next((s for s in DEFAULTS if name.startswith(env_var(s, ""))), None)
+        if section is None or name == "DPTASK_DISABLE_PLUGIN_AUTOLOAD":
+            continue
+        key = name[len(env_var(section, "")) :].lower()
+        if key not in DEFAULTS[section]:
+            raise SettingsError(f"environment: {var}: unknown setting {section}.{key}")
+        text = env[var]
+        if isinstance(DEFAULTS[section][key], str):
+            value: Any = text
+        else:
+            try:
+                value = tomllib.loads(f"value = {text}")["value"]
+            except tomllib.TOMLDecodeError:
+                raise SettingsError(
+                    f"environment: {var}: not a TOML value: {text!r}"
+                    ' (a number, true/false, ["a list"], or an {inline = "table"})'
+                ) from None
+        try:
+            found.append((var, section, key, _validate({section: {key: value}})[section][key]))
+        except SettingsError as e:
+            raise SettingsError(f"environment: {var}: {_without_prefix(e)}") from None
+    return found
+
+
+def _without_prefix(e: SettingsError) -> str:
+    return str(e).removeprefix("settings: ")
 
 
 def _read_toml(file: Path) -> dict[str, Any]:

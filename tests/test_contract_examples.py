@@ -1,13 +1,19 @@
 """Every example of the contract, run verbatim (curl and Python) against a real
-service on port 8084, as the contract's reader would run them."""
+service on port 8084, as the contract's reader would run them.
+
+When 8084 is taken (the README's flow: the service runs there in another
+terminal), the examples run unchanged except for the port, rewritten to a free
+one, and a warning in pytest's summary says so."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -29,11 +35,32 @@ RESULT_FIELDS = {
 }
 
 
+CONTRACT_PORT = 8084
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 @pytest.fixture
 def service(service_factory):
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    return service_factory(port=8084)
+    if not port_taken(CONTRACT_PORT):
+        return service_factory(port=CONTRACT_PORT)
+    service = service_factory()
+    warnings.warn(
+        f"port {CONTRACT_PORT} is in use (the service in another terminal?): the contract's"
+        f" examples ran on port {service.port} instead, unchanged otherwise",
+        stacklevel=1,
+    )
+    return service
+
+
+def on(service, code: str) -> str:
+    """The example as written, but for the port the test service listens on."""
+    return code.replace(f"localhost:{CONTRACT_PORT}", f"localhost:{service.port}")
 
 
 def ids_in(code: str) -> list[str]:
@@ -70,7 +97,9 @@ def test_the_contract_has_the_examples_this_file_runs():
 def test_curl_example(service, pg, base_dir, code):
     task_ids = ids_in(code)
     make_tasks(pg, base_dir, task_ids)
-    out = subprocess.run(["bash", "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bash", "-c", on(service, code)], capture_output=True, text=True, check=True
+    )
     body = json.loads(out.stdout)
     assert_deleted_shape(body, task_ids)
     records_deleted = '"delete_database_records": true' in code
@@ -81,7 +110,9 @@ def test_curl_example(service, pg, base_dir, code):
 
     # "查看删除效果": the list call of the contract, verbatim.
     (list_call,) = [c for lang, c in BLOCKS if lang == "bash" and "?limit=5" in c]
-    listed = json.loads(subprocess.run(["bash", "-c", list_call], capture_output=True).stdout)
+    listed = json.loads(
+        subprocess.run(["bash", "-c", on(service, list_call)], capture_output=True).stdout
+    )
     for task in listed["data"]["tasks"]:
         if task["task_id"] in task_ids:
             assert task["directory_exists"] is False
@@ -91,6 +122,7 @@ def test_curl_example(service, pg, base_dir, code):
 
 def test_python_example_deletes_single_task(service, pg, base_dir):
     (code,) = [c for lang, c in BLOCKS if lang == "python" and "delete_single_task" in c]
+    code = on(service, code)
     make_tasks(pg, base_dir, ["task_20250702_223802"])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert_deleted_shape(json.loads(out.stdout), ["task_20250702_223802"])
@@ -118,6 +150,7 @@ def test_python_example_deletes_single_task(service, pg, base_dir):
 
 def test_python_cleanup_of_old_tasks(service, pg, base_dir):
     (code,) = [c for lang, c in BLOCKS if lang == "python" and "cleanup_old_tasks" in c]
+    code = on(service, code)
     old = ["task_20250702_old1", "task_20250702_old2"]
     make_tasks(pg, base_dir, old, created_at=datetime.now() - timedelta(days=45))
     make_tasks(pg, base_dir, ["task_20250702_new1"], created_at=datetime.now() - timedelta(days=2))

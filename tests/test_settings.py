@@ -257,3 +257,139 @@ def test_a_port_out_of_range_on_the_command_line_stops_start_up(tmp_path):
 def test_a_settings_file_that_is_not_utf8_stops_start_up_with_one_line(tmp_path):
     (tmp_path / "bad.toml").write_bytes("# 服务设置\n[server]\nport = 8084\n".encode("gbk"))
     assert_one_line(start(tmp_path, "--config", "bad.toml"), "bad.toml")
+
+
+# -------------------------------------------- the environment: DPTASK_<SECTION>_<KEY>
+
+SHA = "a" * 64
+
+
+def test_every_kind_of_setting_can_come_from_the_environment(tmp_path):
+    path = write(tmp_path / "settings.toml", "[server]\nport = 9000\n")
+    settings = load_settings(
+        path,
+        environ={
+            "DPTASK_SERVER_PORT": "9100",  # a TOML integer, over the file's
+            "DPTASK_SERVER_HOST": "0.0.0.0",  # a string setting: the text as it is
+            "DPTASK_TASKS_PROTECTED": '["a", "b"]',
+            "DPTASK_METRICS_PUBLIC": "true",
+            "DPTASK_DATABASE_TIMEOUT": "2.5",
+            "DPTASK_TASKS_BASE_DIR": "elsewhere/tasks",
+            "DPTASK_AUTH_TOKENS": f'[{{name = "ci", token_sha256 = "{SHA}", scopes = ["read"]}}]',
+            "DPTASK_URL": "http://127.0.0.1:8084",  # the client's, not a setting
+            "DPTASK_TOKEN": "secret",
+        },
+    )
+    assert (settings.host, settings.port) == ("0.0.0.0", 9100)
+    assert settings.protected == frozenset({"a", "b"})
+    assert settings.metrics_public is True
+    assert settings.db_timeout == 2.5
+    assert settings.base_dir == tmp_path / "elsewhere" / "tasks"
+    assert [(t.name, t.sha256, t.scopes) for t in settings.tokens] == [
+        ("ci", SHA, frozenset({"read"}))
+    ]
+
+
+def test_flags_win_over_the_environment_which_wins_over_the_file(tmp_path):
+    path = write(tmp_path / "settings.toml", '[server]\nport = 9000\nhost = "127.0.0.2"\n')
+    env = {"DPTASK_SERVER_PORT": "9100", "DPTASK_SERVER_HOST": "127.0.0.3"}
+    settings = load_settings(path, environ=env, overrides={"server": {"port": 9200, "host": None}})
+    assert (settings.host, settings.port) == ("127.0.0.3", 9200)
+
+
+def test_dptask_database_url_wins_over_database_url(tmp_path):
+    path = write(tmp_path / "settings.toml", '[database]\nurl = "postgresql://file/db"\n')
+    env = {"DATABASE_URL": "postgresql://plain/db", "DPTASK_DATABASE_URL": "postgresql://ours/db"}
+    assert load_settings(path, environ=env).database_url == "postgresql://ours/db"
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "says"),
+    [
+        ("DPTASK_SERVER_PORT", "x", "not a TOML value"),
+        ("DPTASK_SERVER_PORT", "true", "server.port must be an integer"),
+        ("DPTASK_SERVER_PORT", "70000", "server.port must be 0..65535"),
+        ("DPTASK_SERVER_PORTT", "9000", "unknown setting server.portt"),
+        ("DPTASK_TASKS_PROTECTED", '["a", 1]', "tasks.protected must be a list of strings"),
+        ("DPTASK_METRICS_PUBLIC", "yes", "not a TOML value"),
+        ("DPTASK_JOBS_CONCURRENCY", "0", "jobs.concurrency must be at least 1"),
+        ("DPTASK_AUTH_TOKENS", '[{name = "x"}]', "auth.tokens[0] must have exactly"),
+    ],
+)
+def test_a_bad_environment_variable_is_refused_in_one_line_naming_it(tmp_path, var, value, says):
+    path = write(tmp_path / "settings.toml", "")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(path, environ={var: value})
+    assert str(raised.value).startswith(f"environment: {var}: ")
+    assert says in str(raised.value)
+    # And the service itself stops with that line.
+    env = {**os.environ, var: value}
+    result = run_py("--config", str(path), env=env, timeout=20)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {raised.value}"]
+
+
+# ---------------------------------------------------------------- dptask config
+
+
+def config_lines(stdout: str) -> dict[str, tuple[str, str]]:
+    """``section.key = value  # origin`` lines as {name: (value, origin)}."""
+    lines = [line for line in stdout.splitlines() if not line.startswith("#")]
+    return {
+        name: tuple(rest.rsplit("  # ", 1))
+        for name, rest in (line.split(" = ", 1) for line in lines)
+    }
+
+
+def test_config_prints_each_setting_with_where_it_came_from_and_masks_secrets(tmp_path):
+    path = write(
+        tmp_path / "settings.toml",
+        "[limits]\nmax_task_ids = 50\n"
+        f'[[auth.tokens]]\nname = "ops"\ntoken_sha256 = "{SHA}"\nscopes = ["read", "delete"]\n',
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgresql://svc:hunter2@db.example:5432/tasks?sslmode=require",
+        "DPTASK_SERVER_HOST": "127.0.0.5",
+        "DPTASK_SERVER_PORT": "9000",
+    }
+    result = run_py("--config", str(path), "config", "--port", "9100", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    shown = config_lines(result.stdout)
+    assert shown["server.port"] == ("9100", "flag --port")
+    assert shown["server.host"] == ('"127.0.0.5"', "env DPTASK_SERVER_HOST")
+    assert shown["limits.max_task_ids"] == ("50", f"file {path}")
+    assert shown["limits.purge_threads"] == ("8", "default")
+    assert shown["tasks.base_dir"] == (f'"{tmp_path}/data_pipeline/training_data"', "default")
+    assert shown["database.url"] == (
+        '"postgresql://svc:***@db.example:5432/tasks?sslmode=require"',
+        "env DATABASE_URL",
+    )
+    assert shown["auth.tokens"][0] == (
+        '[{name = "ops", token_sha256 = "***", scopes = ["delete", "read"]}]'
+    )
+    assert "hunter2" not in result.stdout and SHA not in result.stdout
+    # Every setting is shown, once.
+    from service.settings import DEFAULTS
+
+    assert set(shown) == {f"{s}.{k}" for s, keys in DEFAULTS.items() for k in keys}
+
+
+def test_config_masks_a_libpq_keyword_password():
+    from service.commands.config import mask_url
+
+    assert mask_url("host=db user=svc password=hunter2 dbname=t") == (
+        "host=db user=svc password=*** dbname=t"
+    )
+    assert mask_url("postgresql://svc@db/t?password=hunter2&x=1") == (
+        "postgresql://svc@db/t?password=***&x=1"
+    )
+
+
+def test_config_refuses_bad_settings_in_one_line(tmp_path):
+    path = write(tmp_path / "settings.toml", "")
+    env = {**os.environ, "DPTASK_SERVER_PORT": "nine"}
+    result = run_py("--config", str(path), "config", env=env)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "DPTASK_SERVER_PORT" in result.stderr

@@ -4,6 +4,7 @@ dptask [--config PATH] [serve] [--host HOST] [--port PORT]  serve the API
 dptask demo [--count N]                                     create sample tasks
 dptask restore ARCHIVE                                      put an archived task back
 dptask reconcile [--fix [--force]]                          records vs. disk, and the trash
+dptask config                                               the effective settings, with origins
 dptask tasks | delete | cleanup | jobs                      the HTTP client (``client.py``)
 
 The operator commands read the settings: one module each, with
@@ -19,7 +20,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from service.commands import client, demo, reconcile, restore, serve
+from service.commands import client, config, demo, reconcile, restore, serve
 from service.commands.fail import fail
 from service.db import DatabaseError
 from service.logs import configure_logging
@@ -39,9 +40,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="listen address (overrides server.host)")
     parser.add_argument("--port", type=int, help="listen port (overrides server.port)")
     commands = parser.add_subparsers(dest="command")
-    serve_cmd = commands.add_parser("serve", parents=[on_command], help="serve the API (default)")
-    serve_cmd.add_argument("--host", default=argparse.SUPPRESS, help="listen address")
-    serve_cmd.add_argument("--port", type=int, default=argparse.SUPPRESS, help="listen port")
+    # `dptask serve` (the default with no command) and `dptask config`.
+    listen = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    listen.add_argument("--host", help="listen address (overrides server.host)")
+    listen.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    commands.add_parser("serve", parents=[on_command, listen], help="serve the API (default)")
+    config.add_parser(
+        commands, argparse.ArgumentParser(add_help=False, parents=[on_command, listen])
+    )
     demo_cmd = commands.add_parser("demo", parents=[on_command], help="create sample tasks")
     demo_cmd.add_argument("--count", type=int, default=10, help="how many (default 10)")
     restore_cmd = commands.add_parser(
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(handler(args))
     try:
         overrides = {"server": {"host": args.host, "port": args.port}}
+        if args.command == "config":
+            return config.run(args.config, overrides)
         settings = load_settings(args.config, overrides=overrides)
         configure_logging(level=settings.log_level)
         if args.command == "demo":
