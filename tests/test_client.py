@@ -34,6 +34,9 @@ from aiohttp import web
 
 from tests.helpers import ROOT, URL, free_port, insert_task, make_task_dir, write_settings
 
+# A load or fault test: .ci/run runs it once, not again on the embedded server.
+pytestmark = pytest.mark.slow
+
 JOBS = "/api/v0/data_pipeline/jobs"
 
 

@@ -31,6 +31,9 @@ from tests.helpers import (
     write_settings,
 )
 
+# A load or fault test: .ci/run runs it once, not again on the embedded server.
+pytestmark = pytest.mark.slow
+
 
 class Frozen:
     """Every process of an embedded PostgreSQL stopped with SIGSTOP: the server

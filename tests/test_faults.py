@@ -27,6 +27,9 @@ from tests.helpers import (
     write_settings,
 )
 
+# A load or fault test: .ci/run runs it once, not again on the embedded server.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def own_settings(workdir, base_dir, own_server):

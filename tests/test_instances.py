@@ -8,9 +8,13 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
 from tests.helpers import URL, insert_task, make_task_dir, send_in_background
+
+# A load or fault test: .ci/run runs it once, not again on the embedded server.
+pytestmark = pytest.mark.slow
 
 
 def test_two_processes_delete_each_task_exactly_once(service_factory, pg, base_dir):

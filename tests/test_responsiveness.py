@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from tests.helpers import URL, insert_task
+
+# A load or fault test: .ci/run runs it once, not again on the embedded server.
+pytestmark = pytest.mark.slow
 
 
 def make_big_task(base_dir, task_id: str, files: int) -> None:

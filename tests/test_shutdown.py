@@ -16,6 +16,9 @@ import requests
 
 from tests.helpers import URL, insert_task, make_task_dir
 
+# A load or fault test: .ci/run runs it once, not again on the embedded server.
+pytestmark = pytest.mark.slow
+
 BIG = 50_000
 
 

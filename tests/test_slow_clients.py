@@ -26,6 +26,9 @@ import requests
 from service.server import BACKLOG, FIXED_RESERVE, connection_limit
 from tests.helpers import URL
 
+# A load or fault test: .ci/run runs it once, not again on the embedded server.
+pytestmark = pytest.mark.slow
+
 TOKEN = "slow-clients-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

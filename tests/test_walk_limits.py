@@ -24,9 +24,10 @@ FILES_PER_LEVEL = 2
 SIDE_DIRS = 6  # per level, each with FILES_PER_LEVEL files: many directories open at once
 NOFILE = 256  # the old code failed at this limit (see the report of issue 8)
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("prlimit") is None, reason="needs prlimit (util-linux)"
-)
+pytestmark = [
+    pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)"),
+    pytest.mark.slow,  # a load test: .ci/run runs it once, not again on the embedded server
+]
 
 
 def write_files(fd: int, level: int) -> tuple[int, int]:
