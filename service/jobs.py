@@ -42,7 +42,7 @@ from typing import Any
 
 import structlog
 
-from service import cleanup, fs
+from service import cleanup, errors, fs
 from service.audit import AuditLog, task_record
 from service.db import Database, DatabaseError
 from service.formatting import iso
@@ -52,6 +52,7 @@ from service.pipeline import (
     DeleteOptions,
     Deleter,
     TaskContext,
+    _failure,
     _success,
     batch_data,
     batch_message,
@@ -415,10 +416,23 @@ class JobQueue:
         if not deletion_committed(record):
             return None  # never committed (its tree is back in place): run it again
         task = TaskContext(task_id, self.settings.base_dir / task_id, batch, self.settings)
-        result = _success(task, True, record is None, stats)
-        result["resumed"] = True  # its counts are what was left to purge
-        await self.deleter._audit("task_delete", task_record(batch, task_id, result, "deleted"))
-        return True, result
+        if stats.error_count:  # committed, so the remains stay in the trash for the sweep
+            result = _failure(
+                task_id,
+                errors.PURGE_FAILED,
+                f"目录未能完全删除: {stats.error_count} 个条目无法删除，剩余内容留在回收区，"
+                "由重启时的清理处理",
+                deleted_files_count=stats.files,
+                deleted_bytes=stats.bytes,
+                errors=stats.errors,
+            )
+        else:
+            result = _success(task, True, record is None, stats)
+            result["resumed"] = True  # its counts are what was left to purge
+        ok = not stats.error_count
+        outcome = "deleted" if ok else "failed"
+        await self.deleter._audit("task_delete", task_record(batch, task_id, result, outcome))
+        return ok, result
 
     async def _heartbeat(self, run: _Run) -> None:
         pause = min(PROGRESS_SECONDS, self.settings.job_lease_seconds / 3)

@@ -13,7 +13,7 @@ import json
 import os
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,31 @@ async def test_progress_moves_during_a_large_purge(client: Any, schema: Pg, base
     moving = sorted(set(f for f in seen if 0 < f < 100_000))
     assert len(moving) >= 2, seen  # a progress bar moved at least twice before the end
     assert seen == sorted(seen)
+
+
+async def test_a_cleanup_job_chooses_its_tasks_when_it_starts(client: Any, task_factory, base_dir):
+    now = datetime.now()
+    task_factory("old1", created_at=now - timedelta(days=40))
+    task_factory("old2", created_at=now - timedelta(days=35))
+    task_factory("young", created_at=now - timedelta(days=2))
+    task_factory("running", created_at=now - timedelta(days=50), status="in_progress")
+    queue: JobQueue = client.app[appkeys.JOBS]
+    job = await queue.submit(
+        kind="cleanup",
+        options=DeleteOptions(),
+        actor="schedule:nightly",
+        request_id=uuid.uuid4().hex,
+        client=None,
+        selection={"older_than_days": 30, "statuses": ["completed", "failed"]},
+    )
+    assert job["kind"] == "cleanup" and job["selection"]["older_than_days"] == 30
+    done = await finished(client, job["job_id"])
+    assert done["status"] == "succeeded"
+    assert [t["task_id"] for t in done["result"]["deleted_tasks"]] == ["old1", "old2"]
+    assert (base_dir / "young").exists() and (base_dir / "running").exists()
+    listed, total = await queue.list(limit=10, offset=0, kind="cleanup")
+    assert total == 1 and listed[0]["job_id"] == job["job_id"]
+    assert (await queue.counts())["succeeded"] == 1
 
 
 class Slow:
