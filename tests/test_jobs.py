@@ -276,3 +276,23 @@ def test_finished_jobs_are_removed_after_the_retention(service_factory, pg: Pg):
         time.sleep(0.1)
     left = {r["job_id"] for r in pg.rows("SELECT job_id FROM dptask_jobs")}
     assert left == {recent, queued}
+
+
+@pytest.mark.parametrize("settings_text", ["[jobs]\nconcurrency = 1\n"])
+@pytest.mark.parametrize("plugins", [[Slow()]])
+async def test_a_queued_job_cancelled_skips_every_task(client: Any, task_factory, base_dir):
+    for task_id in ("q1", "q2", "w1", "w2", "w3"):
+        task_factory(task_id)
+    queue: JobQueue = client.app[appkeys.JOBS]
+    busy = await submit(client, ["w1", "w2", "w3"], continue_on_error=False)
+    waiting = await submit(client, ["q1", "q2"])  # one job at a time: this one waits
+    assert (await queue.get(waiting["job_id"]))["status"] == "queued"
+
+    cancelled = await queue.cancel(waiting["job_id"])
+    assert cancelled is not None and cancelled["status"] == "cancelled"
+    assert cancelled["result"]["skipped_tasks"] == ["q1", "q2"]
+    assert cancelled["result"]["summary"]["skipped"] == 2
+    await finished(client, busy["job_id"])
+    assert (base_dir / "q1").exists() and (base_dir / "q2").exists()
+    assert (await queue.get(waiting["job_id"]))["status"] == "cancelled"  # never claimed
+    assert (await queue.counts())["cancelled"] == 1
