@@ -73,8 +73,8 @@ _COLUMNS = (
 )
 # How often an idle runner looks for work (a local submit wakes it at once).
 POLL_SECONDS = 1.0
-# The most time between two writes of a running job's progress.
-PROGRESS_SECONDS = 1.0
+# The most time between two writes of a running job's progress (and lease).
+PROGRESS_SECONDS = 0.25
 
 
 class JobQueue:
@@ -248,9 +248,16 @@ class JobQueue:
             f" WHERE job_id = (SELECT job_id FROM {JOBS}"
             "   WHERE status = 'queued' AND NOT cancel_requested"
             "      OR status = 'running' AND heartbeat_at < now() - make_interval(secs => %s)"
+            # never a job this runner still runs (its heartbeat may just be late)
+            "        AND job_id <> ALL(%s)"
             "   ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
             f" RETURNING {_COLUMNS}, results, owner",
-            (self.owner, datetime.now(), self.settings.job_lease_seconds),
+            (
+                self.owner,
+                datetime.now(),
+                self.settings.job_lease_seconds,
+                [*self._running],
+            ),
         )
         return rows[0] if rows else None
 

@@ -98,7 +98,8 @@ async def test_job_result_equals_the_synchronous_result(client: Any, task_factor
     assert all("job_id" not in line for line in lines if line.get("task_id") in sync_ids)
 
 
-@pytest.mark.parametrize("settings_text", ["[jobs]\nlease_seconds = 1.5\n"])
+# One purge thread: the purge takes long enough here to be watched.
+@pytest.mark.parametrize("settings_text", ["[limits]\npurge_threads = 1\n"])
 async def test_progress_moves_during_a_large_purge(client: Any, schema: Pg, base_dir: Path):
     insert_task(schema, "big")
     root = base_dir / "big"
