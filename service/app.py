@@ -22,6 +22,7 @@ from service.audit import AuditLog
 from service.auth import auth_middleware
 from service.db import Database
 from service.embedded import start_embedded
+from service.jobs import JobQueue
 from service.logs import request_context_middleware
 from service.openapi import API
 from service.pipeline import Deleter
@@ -117,7 +118,15 @@ def create_app(settings: Settings) -> web.Application:
             await purging
         trash.close()
 
-    app.cleanup_ctx.extend([threads, database, audit, sweep])
+    async def jobs(app: web.Application) -> AsyncIterator[None]:
+        # Last in, first out: the runner stops before the trash, audit and database close.
+        queue = JobQueue(settings, app[appkeys.DB], app[appkeys.DELETER], trash, audit_log)
+        app[appkeys.JOBS] = queue
+        queue.start()
+        yield
+        await queue.drain(settings.shutdown_grace)
+
+    app.cleanup_ctx.extend([threads, database, audit, sweep, jobs])
     app.router.add_get(f"{API}/tasks", handlers.list_tasks)
     app.router.add_delete(f"{API}/tasks", handlers.delete_tasks)
     app.router.add_get(f"{API}/tasks/{{task_id}}", handlers.get_task)

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from service.audit import AuditLog
 from service.db import Database
+from service.jobs import JobQueue
 from service.metrics import Metrics
 from service.pipeline import Deleter
 from service.settings import Settings
@@ -18,6 +19,7 @@ DB = web.AppKey("db", Database)
 PLUGINS = web.AppKey("plugins", pluggy.PluginManager)
 DELETER = web.AppKey("deleter", Deleter)
 TRASH = web.AppKey("trash", Trash)
+JOBS = web.AppKey("jobs", JobQueue)
 REQUEST_ID = web.RequestKey("request_id", str)
 ACTOR = web.RequestKey("actor", str)  # the token's name, or "anonymous"
 # Operations: the audit (for /readyz), the metrics registry, the shutdown state.

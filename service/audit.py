@@ -115,6 +115,7 @@ def task_record(
         "dry_run": batch.options.dry_run,
         "force": batch.options.force,
         "duration_ms": result.get("duration_ms"),
+        **_job(batch),
     }
 
 
@@ -127,7 +128,13 @@ def batch_record(batch: BatchContext, data: dict[str, Any]) -> dict[str, Any]:
         "dry_run": batch.options.dry_run,
         "options": vars(batch.options),
         **data["summary"],
+        **_job(batch),
     }
+
+
+def _job(batch: BatchContext) -> dict[str, Any]:
+    """A job's lines carry its id; a synchronous request's lines are as they were."""
+    return {"job_id": batch.job_id} if batch.job_id is not None else {}
 
 
 class AuditLog:

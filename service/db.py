@@ -413,6 +413,21 @@ class Database:
         async with self._cursor() as cur:
             await _execute(cur, sql, args)
 
+    # ------------------------------------------------------------ the service's own tables
+
+    async def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """One statement (a write too: it commits by itself), its rows
+        (RETURNING), or none. Never tried again: a write must not run twice."""
+        async with self._cursor() as cur:
+            return await Query(cur)(sql, args)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Query]:
+        """Statements in one transaction (``await q(sql, args)``), committed
+        when the block ends normally, rolled back on an exception."""
+        async with self._cursor() as cur, _transaction(cur):
+            yield Query(cur)
+
     # ------------------------------------------------------------ a task's transaction
 
     @contextlib.asynccontextmanager
@@ -443,6 +458,17 @@ class Database:
                     raise TaskLocked(task_id)
                 await tx.load()
                 yield tx
+
+
+class Query:
+    """Runs statements on one cursor; each call answers its rows (or [])."""
+
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+
+    async def __call__(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        await _execute(self._cur, sql, args)
+        return await _fetchall(self._cur) if self._cur.description else []
 
 
 class TaskTransaction:

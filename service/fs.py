@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service import mounts
+from service.progress import Progress
 
 # Opens a directory, never through a symlink at its name.
 DIR_FLAGS = mounts.DIR_FLAGS
@@ -227,7 +228,7 @@ def walk_tree(root: Path, *, remove: bool) -> TreeStats:
         os.close(parent)
 
 
-def walk_at(dir_fd: int, name: str, *, remove: bool) -> TreeStats:
+def walk_at(dir_fd: int, name: str, *, remove: bool, progress: Progress | None = None) -> TreeStats:
     """Count (and with ``remove``, delete) the entry ``name`` of the directory
     open at ``dir_fd``, the entry itself included.
 
@@ -235,9 +236,11 @@ def walk_at(dir_fd: int, name: str, *, remove: bool) -> TreeStats:
     mount point; descriptors, memory and time as described in the module
     docstring. File-system problems inside the tree are reported in the stats
     (the rest is removed regardless), never raised. A missing ``name`` gives
-    empty stats.
+    empty stats. ``progress``, when given, is told of the files (and bytes)
+    as each chunk of them is done, from whichever thread did them.
     """
     walk = _Walk(dir_fd, name, remove)
+    walk.progress = progress
     _budget.acquire(_RESERVE)
     walk.quota = _RESERVE
     try:
@@ -271,6 +274,7 @@ class _Walk:
         self.name = name
         self.remove = remove
         self.stats = TreeStats()
+        self.progress: Progress | None = None
         self.lock = threading.Lock()  # stats, links
         self.links: dict[tuple[tuple[int, int], int], int] = {}  # dry run: inode -> links seen
         self.quota = 0  # descriptors taken from the budget
@@ -575,6 +579,8 @@ class _Walk:
         with self.lock:
             self.stats.files += files
             self.stats.bytes += freed
+        if self.progress is not None:
+            self.progress.add(files, freed)
 
     def _unlink(self, fd: int, name: str) -> int:
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)

@@ -131,9 +131,8 @@ class Metrics:
         await asyncio.gather(self._jobs(app), self._trash(app))
 
     async def _jobs(self, app: web.Application) -> None:
-        key = getattr(appkeys, "JOBS", None)  # the jobs engine, when this build has it
-        queue = app.get(key) if key is not None else None
-        if queue is None:
+        queue = app.get(appkeys.JOBS)
+        if queue is None:  # not started yet
             return
         try:
             counts = await queue.counts()

@@ -37,6 +37,7 @@ from service.db import (
 from service.errors import TaskFailed, Veto
 from service.formatting import format_size, iso
 from service.hookrunner import run_hook, run_observers
+from service.progress import Progress
 from service.settings import Settings
 from service.trash import Entry, Trash, deletion_committed, settle
 
@@ -77,6 +78,8 @@ class BatchContext:
     request_id: str
     client: str | None
     actor: str = "anonymous"
+    job_id: str | None = None  # set when a background job runs the batch
+    progress: Progress | None = None  # what the purges removed so far (jobs)
 
 
 @dataclass
@@ -162,26 +165,14 @@ class Deleter:
                 if not result[0]:
                     break
 
-        done = [r for r in results if r is not None]
-        deleted = [result for ok, result in done if ok]
-        failed = [result for ok, result in done if not ok]
-        skipped = [task_id for task_id, r in zip(ids, results, strict=True) if r is None]
-        data = {
-            "deleted_at": iso(started_at),
-            "dry_run": batch.options.dry_run,
-            "deleted_tasks": deleted,
-            "failed_tasks": failed,
-            "skipped_tasks": skipped,
-            "summary": {
-                "total_requested": len(ids),
-                "successfully_deleted": len(deleted),
-                "failed": len(failed),
-                "skipped": len(skipped),
-            },
-        }
+        data = batch_data(ids, results, started_at, batch.options.dry_run)
+        await self.finish_batch(batch, data)
+        return data
+
+    async def finish_batch(self, batch: BatchContext, data: dict[str, Any]) -> None:
+        """Once every task is done: the batch observers, then the request's audit line."""
         await run_observers(self.pm, "dptask_batch_finished", batch=batch, data=data)
         await self._audit("delete_request", batch_record(batch, data))
-        return data
 
     async def delete_one(self, task_id: str, batch: BatchContext) -> tuple[bool, dict[str, Any]]:
         started = time.monotonic()
@@ -442,6 +433,43 @@ class _MovedThenFailed(Exception):
 
 
 _MOVED_THEN_FAILED = "移走任务目录的插件出错，目录已不在原处，记录已标记为不存在"
+
+
+def batch_data(
+    ids: list[str],
+    results: list[tuple[bool, dict[str, Any]] | None],
+    started_at: datetime,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """A batch's ``data`` (the DELETE response's, a job's ``result``): each id's
+    result in order, None for a task that never started (skipped)."""
+    done = [r for r in results if r is not None]
+    deleted = [result for ok, result in done if ok]
+    failed = [result for ok, result in done if not ok]
+    skipped = [task_id for task_id, r in zip(ids, results, strict=True) if r is None]
+    return {
+        "deleted_at": iso(started_at),
+        "dry_run": dry_run,
+        "deleted_tasks": deleted,
+        "failed_tasks": failed,
+        "skipped_tasks": skipped,
+        "summary": {
+            "total_requested": len(ids),
+            "successfully_deleted": len(deleted),
+            "failed": len(failed),
+            "skipped": len(skipped),
+        },
+    }
+
+
+def batch_message(data: dict[str, Any]) -> tuple[str, str]:
+    """The outcome of a finished batch: (job status, the DELETE response's message)."""
+    summary = data["summary"]
+    if summary["successfully_deleted"] == 0:
+        return "failed", "任务删除失败"
+    if summary["failed"] or summary["skipped"]:
+        return "partial", "批量删除部分完成"
+    return "succeeded", "任务目录删除成功"
 
 
 def _flatten(results: list[Veto | list[Veto]]) -> list[Veto]:

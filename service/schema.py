@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 TASKS = "data_pipeline_tasks"
 STEPS = "data_pipeline_task_steps"
+JOBS = "dptask_jobs"  # the service's own: background deletion jobs (service/jobs.py)
 
 CREATE_TASKS = f"""
     CREATE TABLE IF NOT EXISTS {TASKS} (
@@ -69,11 +70,41 @@ CREATE_STEPS = f"""
         error_message text
     )
     """
+# Background jobs. task_ids is fixed when the job starts; results holds each
+# task's outcome as it completes (task_id -> {"started": true} while it runs,
+# then {"ok": ..., "entry": ...}); heartbeat_at is the lease, on the server's clock.
+CREATE_JOBS = f"""
+    CREATE TABLE IF NOT EXISTS {JOBS} (
+        job_id text PRIMARY KEY,
+        kind text NOT NULL CHECK (kind IN ('delete', 'cleanup')),
+        status text NOT NULL DEFAULT 'queued'
+            CHECK (status IN ('queued', 'running', 'succeeded', 'partial',
+                              'failed', 'cancelled')),
+        actor text NOT NULL,
+        request_id text NOT NULL,
+        client text,
+        options jsonb NOT NULL,
+        selection jsonb,
+        task_ids jsonb,
+        results jsonb NOT NULL DEFAULT '{{}}',
+        progress jsonb NOT NULL DEFAULT '{{}}',
+        cancel_requested boolean NOT NULL DEFAULT false,
+        owner text,
+        heartbeat_at timestamptz,
+        created_at timestamp NOT NULL,
+        started_at timestamp,
+        finished_at timestamp,
+        result jsonb
+    )
+    """
 # The two columns that deletion needs; an older pipeline database lacks them.
 ADDED_COLUMNS = {"directory_exists": "boolean DEFAULT true", "updated_at": "timestamp"}
 INDEXES = {
     "dp_tasks_created_at_idx": (TASKS, "created_at DESC"),
     "dp_task_steps_task_id_idx": (STEPS, "task_id"),
+    # Claiming looks up the queued and running jobs, oldest first.
+    "dptask_jobs_claim_idx": (JOBS, "status, created_at"),
+    "dptask_jobs_created_at_idx": (JOBS, "created_at DESC"),
 }
 
 # What is there: the relations (tables and indexes) and the task table's columns.
@@ -85,7 +116,7 @@ CATALOG_QUERY = """
                AS columns
     FROM unnest(%s::text[]) AS n(name)
     """
-CATALOG_NAMES = [TASKS, STEPS, *INDEXES]
+CATALOG_NAMES = [TASKS, STEPS, JOBS, *INDEXES]
 
 # pg_locks modes that conflict with each mode a change takes (the table in
 # the PostgreSQL manual, "Conflicting Lock Modes").
@@ -158,6 +189,8 @@ def missing_changes(catalog: dict[str, tuple[bool, list[str]]]) -> list[Change]:
         # The foreign key takes SHARE ROW EXCLUSIVE on the (maybe existing) task table.
         table = TASKS if TASKS in present else None
         changes.append(Change(f"table {STEPS}", CREATE_STEPS, table, "ShareRowExclusiveLock"))
+    if JOBS not in present:
+        changes.append(Change(f"table {JOBS}", CREATE_JOBS))
     for index, (table, columns) in INDEXES.items():
         if index not in present:
             sql = f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({columns})"

@@ -297,8 +297,7 @@ async def _drain(app: web.Application, grace: float, hurry: asyncio.Event) -> bo
     state.begin()
     log.info("shutdown_started", grace=grace, in_flight=state.in_flight)
     waits: list[Any] = [state.idle()]
-    key = getattr(appkeys, "JOBS", None)  # the jobs engine, when this build has it
-    if key is not None and (queue := app.get(key)) is not None:
+    if (queue := app.get(appkeys.JOBS)) is not None:
         waits.append(queue.drain(grace))
     drain = asyncio.ensure_future(asyncio.gather(*waits))
     hurried = asyncio.ensure_future(hurry.wait())

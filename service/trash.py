@@ -52,6 +52,7 @@ import structlog
 from service import errors, fs
 from service.db import Database, TaskLocked
 from service.errors import TaskFailed
+from service.progress import Progress
 
 log = structlog.get_logger("service")
 
@@ -189,10 +190,11 @@ class Trash:
             _rename_noreplace(parent_fd, name, base_fd, _plain(task_id))
             _fsync_quietly(base_fd, parent_fd, task_id=task_id)
 
-    def purge(self, detached: Path) -> fs.TreeStats:
-        """Remove a detached tree, counting it; never follows a symlink."""
+    def purge(self, detached: Path, progress: Progress | None = None) -> fs.TreeStats:
+        """Remove a detached tree, counting it (and telling ``progress`` as it
+        goes); never follows a symlink."""
         with self._located(detached) as (parent_fd, name):
-            return fs.walk_at(parent_fd, name, remove=True)
+            return fs.walk_at(parent_fd, name, remove=True, progress=progress)
 
     def dry_run_stats(self, task_id: str) -> fs.TreeStats:
         """What deleting ``base_dir/<task_id>`` would remove; changes nothing.

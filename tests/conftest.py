@@ -81,7 +81,9 @@ def database_url(server_url: str) -> Iterator[str]:
 def pg(database_url: str) -> Iterator[Pg]:
     """The test database, with the service's tables, emptied."""
     pg = Pg(database_url)
-    pg.rows("DROP TABLE IF EXISTS data_pipeline_task_steps, data_pipeline_tasks CASCADE")
+    pg.rows(
+        "DROP TABLE IF EXISTS data_pipeline_task_steps, data_pipeline_tasks, dptask_jobs CASCADE"
+    )
     try:
         yield pg
     finally:

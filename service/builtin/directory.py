@@ -30,4 +30,4 @@ class DirectoryRemoval:
     async def dptask_purge_directory(self, task: TaskContext, path: Path) -> fs.TreeStats | None:
         if not self.trash.owns(path):
             return None  # detached elsewhere by a plugin: that plugin purges it
-        return await asyncio.to_thread(self.trash.purge, path)
+        return await asyncio.to_thread(self.trash.purge, path, task.batch.progress)

@@ -1,0 +1,520 @@
+"""Background deletion jobs: rows in ``dptask_jobs``, run by any instance.
+
+One ``JobQueue`` per application. ``submit`` inserts a queued row; the
+runner of every instance on the database claims queued jobs, and running
+jobs whose lease expired (their instance died), one at a time with
+``FOR UPDATE SKIP LOCKED``, and runs at most ``jobs.concurrency`` at once.
+
+A job runs its tasks through ``Deleter.delete_one``, the pipeline DELETE
+uses, with the same concurrency and ``continue_on_error`` rule, and its
+result is built by ``pipeline.batch_data`` like the DELETE response's data.
+Each task's outcome is written into ``results`` as soon as it is known, and
+a task is marked ``started`` there before it runs, so that a job taken over
+after its instance died never runs or reports a finished task again. A task
+that was started and has no outcome may have been anywhere in the protocol
+when its instance died: its trees in the trash are settled first (put back
+if uncommitted, purged if committed, as the start-up sweep does); a task
+whose deletion turns out committed is reported deleted, any other runs again.
+
+While a job runs, a heartbeat (every second at most, well within the lease)
+writes ``heartbeat_at``, the progress (tasks done, and the files and bytes
+the purges removed so far, from the walk as it goes) and reads
+``cancel_requested``. A cancelled job starts no new task; a task already
+started finishes; the rest are ``skipped_tasks``. A heartbeat that finds the
+row no longer ours (another instance took it over) stops the job the same way.
+
+Finished jobs older than ``jobs.retention_days`` are deleted by the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from service import cleanup, errors, fs
+from service.audit import AuditLog, task_record
+from service.db import Database, DatabaseError
+from service.formatting import iso
+from service.pipeline import (
+    BATCH_CONCURRENCY,
+    BatchContext,
+    DeleteOptions,
+    Deleter,
+    TaskContext,
+    _failure,
+    _success,
+    batch_data,
+    batch_message,
+)
+from service.progress import Progress
+from service.settings import Settings
+from service.trash import Trash, deletion_committed, settle
+
+log = structlog.get_logger("service")
+
+JOBS = "dptask_jobs"
+STATUSES = ("queued", "running", "succeeded", "partial", "failed", "cancelled")
+KINDS = ("delete", "cleanup")
+FINISHED = ("succeeded", "partial", "failed", "cancelled")
+_COLUMNS = (
+    "job_id, kind, status, actor, request_id, client, options, selection, task_ids,"
+    " cancel_requested, progress, created_at, started_at, finished_at, result"
+)
+# How often an idle runner looks for work (a local submit wakes it at once).
+POLL_SECONDS = 1.0
+# The most time between two writes of a running job's progress (and lease).
+PROGRESS_SECONDS = 0.25
+
+
+class JobQueue:
+    def __init__(
+        self, settings: Settings, db: Database, deleter: Deleter, trash: Trash, audit: AuditLog
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.deleter = deleter
+        self.trash = trash
+        self.audit = audit
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._draining = False
+        self._runner: asyncio.Task[None] | None = None
+        self._running: dict[str, _Run] = {}
+
+    # ------------------------------------------------------------ the API
+
+    async def submit(
+        self,
+        *,
+        kind: str,
+        options: DeleteOptions,
+        actor: str,
+        request_id: str,
+        client: str | None,
+        task_ids: list[str] | None = None,
+        selection: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A new queued job (its API shape); ``task_ids`` for ``delete``,
+        ``selection`` for ``cleanup`` (resolved when the job starts)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown job kind: {kind}")
+        ids = list(dict.fromkeys(task_ids)) if task_ids is not None else None
+        rows = await self.db.query(
+            f"INSERT INTO {JOBS} (job_id, kind, actor, request_id, client, options, selection,"
+            " task_ids, progress, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s::jsonb, %s)"
+            f" RETURNING {_COLUMNS}",
+            (
+                uuid.uuid4().hex,
+                kind,
+                actor,
+                request_id,
+                client,
+                json.dumps(asdict(options)),
+                None if selection is None else json.dumps(selection),
+                None if ids is None else json.dumps(ids),
+                json.dumps(_progress(len(ids or ()), 0, 0, 0)),
+                datetime.now(),
+            ),
+        )
+        self._wake.set()
+        return _shape(rows[0])
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        rows = await self.db.query(f"SELECT {_COLUMNS} FROM {JOBS} WHERE job_id = %s", (job_id,))
+        return _shape(rows[0]) if rows else None
+
+    async def list(
+        self, *, limit: int, offset: int, status: str | None = None, kind: str | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Newest first, and the number of jobs matching."""
+        where, args = [], []
+        for column, value in (("status", status), ("kind", kind)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                args.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self.db.query(
+            f"SELECT {_COLUMNS}, count(*) OVER () AS total_count FROM {JOBS} {clause}"
+            " ORDER BY created_at DESC, job_id DESC LIMIT %s OFFSET %s",
+            (*args, limit, offset),
+        )
+        if rows:
+            total = rows[0]["total_count"]
+        else:
+            total = (await self.db.query(f"SELECT count(*) AS n FROM {JOBS} {clause}", args))[0][
+                "n"
+            ]
+        return [_shape(r) for r in rows], total
+
+    async def cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Ask the job to stop: a queued one is cancelled at once (every task
+        skipped); a running one starts no new task. A finished one is as it was."""
+        async with self.db.transaction() as q:
+            rows = await q(
+                f"SELECT {_COLUMNS}, results FROM {JOBS} WHERE job_id = %s FOR UPDATE", (job_id,)
+            )
+            if not rows:
+                return None
+            row = rows[0]
+            if row["status"] in FINISHED:
+                return _shape(row)
+            if row["status"] == "running":
+                await q(f"UPDATE {JOBS} SET cancel_requested = true WHERE job_id = %s", (job_id,))
+            else:
+                ids = row["task_ids"] or []
+                now = datetime.now()
+                data = batch_data(ids, [None] * len(ids), now, row["options"]["dry_run"])
+                await q(
+                    f"UPDATE {JOBS} SET cancel_requested = true, status = 'cancelled',"
+                    " finished_at = %s, result = %s::jsonb WHERE job_id = %s",
+                    (now, json.dumps(data), job_id),
+                )
+        return await self.get(job_id)
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs by status, every status present (0 when none)."""
+        rows = await self.db.query(f"SELECT status, count(*) AS n FROM {JOBS} GROUP BY status")
+        found = {r["status"]: r["n"] for r in rows}
+        return {s: found.get(s, 0) for s in STATUSES}
+
+    # ------------------------------------------------------------ the runner
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run_forever())
+
+    async def drain(self, grace: float) -> None:
+        """Claim nothing new; let the tasks in flight finish within ``grace``
+        (no job starts another task); then put this instance's unfinished jobs
+        back to ``queued`` for another instance. Idempotent."""
+        self._draining = True
+        self._wake.set()
+        for run in self._running.values():
+            run.stopping = True
+        runs = [r.task for r in self._running.values()]
+        if runs:
+            await asyncio.wait(runs, timeout=grace)
+        for run in list(self._running.values()):
+            run.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run.task
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        with contextlib.suppress(DatabaseError):
+            requeued = await self.db.query(
+                f"UPDATE {JOBS} SET status = 'queued', owner = NULL, heartbeat_at = NULL"
+                " WHERE owner = %s AND status = 'running' RETURNING job_id",
+                (self.owner,),
+            )
+            if requeued:
+                log.info("jobs_requeued", jobs=[r["job_id"] for r in requeued])
+
+    async def _run_forever(self) -> None:
+        next_expiry = 0.0
+        while not self._draining:
+            try:
+                if time.monotonic() >= next_expiry:
+                    await self.remove_expired()
+                    next_expiry = time.monotonic() + _expiry_period(self.settings)
+                while len(self._running) < self.settings.job_concurrency and not self._draining:
+                    row = await self._claim()
+                    if row is None:
+                        break
+                    self._spawn(row)
+            except DatabaseError:
+                log.warning("jobs_claim_failed", exc_info=True)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+
+    async def _claim(self) -> dict[str, Any] | None:
+        rows = await self.db.query(
+            f"UPDATE {JOBS} SET status = 'running', owner = %s, heartbeat_at = now(),"
+            " started_at = COALESCE(started_at, %s)"
+            f" WHERE job_id = (SELECT job_id FROM {JOBS}"
+            "   WHERE status = 'queued' AND NOT cancel_requested"
+            "      OR status = 'running' AND heartbeat_at < now() - make_interval(secs => %s)"
+            # never a job this runner still runs (its heartbeat may just be late)
+            "        AND job_id <> ALL(%s)"
+            "   ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            f" RETURNING {_COLUMNS}, results, owner",
+            (
+                self.owner,
+                datetime.now(),
+                self.settings.job_lease_seconds,
+                [*self._running],
+            ),
+        )
+        return rows[0] if rows else None
+
+    def _spawn(self, row: dict[str, Any]) -> None:
+        run = _Run(row)
+        run.task = asyncio.create_task(self._execute(run))
+        self._running[run.job_id] = run
+        run.task.add_done_callback(lambda _: self._running.pop(run.job_id, None))
+        run.task.add_done_callback(lambda _: self._wake.set())
+
+    async def remove_expired(self) -> int:
+        """Delete the jobs finished more than ``jobs.retention_days`` ago."""
+        cut = datetime.now() - timedelta(days=self.settings.job_retention_days)
+        rows = await self.db.query(
+            f"DELETE FROM {JOBS} WHERE finished_at < %s RETURNING job_id", (cut,)
+        )
+        if rows:
+            log.info("jobs_expired", count=len(rows))
+        return len(rows)
+
+    # ------------------------------------------------------------ one job
+
+    async def _execute(self, run: _Run) -> None:
+        row = run.row
+        options = DeleteOptions(**row["options"])
+        taken_over = bool(row["results"])
+        try:
+            if row["task_ids"] is None:  # a clean-up: its tasks are chosen when it starts
+                selection = row["selection"] or {}
+                most = min(
+                    selection.get("max_tasks") or self.settings.max_task_ids,
+                    self.settings.max_task_ids,
+                )
+                ids, _more = await cleanup.select_task_ids(self.db, selection, most)
+                await self._update(run, "task_ids = %s::jsonb", json.dumps(ids))
+                row["task_ids"] = ids
+            ids = list(row["task_ids"])
+            batch = BatchContext(
+                task_ids=ids,
+                options=options,
+                request_id=row["request_id"],
+                client=row["client"],
+                actor=row["actor"],
+                job_id=run.job_id,
+                progress=run.progress,
+            )
+            await self.deleter._audit(
+                "job_started",
+                {
+                    "job_id": run.job_id,
+                    "kind": row["kind"],
+                    "request_id": row["request_id"],
+                    "actor": row["actor"],
+                    "tasks": len(ids),
+                    "resumed": taken_over,
+                },
+            )
+            stored: dict[str, Any] = dict(row["results"] or {})
+            results: dict[str, tuple[bool, dict[str, Any]]] = {
+                k: (v["ok"], v["entry"]) for k, v in stored.items() if "entry" in v
+            }
+            run.total = len(ids)
+            run.done = len(results)
+            for _, entry in results.values():
+                run.progress.add(entry.get("deleted_files_count", 0), entry.get("deleted_bytes", 0))
+            heartbeat = asyncio.create_task(self._heartbeat(run))
+            try:
+                await self._run_tasks(run, batch, ids, stored, results)
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+            if run.lost:
+                log.warning("job_lost", job_id=run.job_id)
+                return
+            ordered = [results.get(i) for i in ids]
+            data = batch_data(ids, ordered, row["started_at"], options.dry_run)
+            if run.stopping and not run.cancelled and any(r is None for r in ordered):
+                return  # draining: drain() puts it back to queued
+            await self.deleter.finish_batch(batch, data)
+            status = "cancelled" if run.cancelled else batch_message(data)[0]
+            if not ids:
+                status = "succeeded"
+            await self._update(
+                run,
+                "status = %s, finished_at = %s, result = %s::jsonb, progress = %s::jsonb",
+                status,
+                datetime.now(),
+                json.dumps(data, default=str),
+                json.dumps(run.progress_json()),
+            )
+            await self.deleter._audit(
+                "job_finished",
+                {"job_id": run.job_id, "kind": row["kind"], "status": status, **data["summary"]},
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The lease lapses and another runner (or this one) takes it over.
+            log.exception("job_failed_to_run", job_id=run.job_id)
+
+    async def _run_tasks(
+        self,
+        run: _Run,
+        batch: BatchContext,
+        ids: Sequence[str],
+        stored: dict[str, Any],
+        results: dict[str, tuple[bool, dict[str, Any]]],
+    ) -> None:
+        pending = [i for i in ids if i not in results]
+
+        async def one(task_id: str) -> bool:
+            if run.stopping or run.lost:
+                return True
+            if task_id in stored:  # started by an instance that died: settle first
+                outcome = await self._resume(task_id, batch)
+            else:
+                await self._update(
+                    run,
+                    "results = results || jsonb_build_object(%s, %s::jsonb)",
+                    task_id,
+                    '{"started": true}',
+                )
+                outcome = None
+            if outcome is None:
+                outcome = await self.deleter.delete_one(task_id, batch)
+            results[task_id] = outcome
+            run.done += 1
+            await self._update(
+                run,
+                "results = results || jsonb_build_object(%s, %s::jsonb)",
+                task_id,
+                json.dumps({"ok": outcome[0], "entry": outcome[1]}, default=str),
+            )
+            return outcome[0]
+
+        if batch.options.continue_on_error:
+            limit = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+            async def limited(task_id: str) -> None:
+                async with limit:
+                    await one(task_id)
+
+            await asyncio.gather(*(limited(i) for i in pending))
+        else:
+            for task_id in pending:
+                if run.stopping or run.lost or not await one(task_id):
+                    break
+
+    async def _resume(
+        self, task_id: str, batch: BatchContext
+    ) -> tuple[bool, dict[str, Any]] | None:
+        """A task started by an instance that died: settle its trees in the
+        trash by its record; a deletion found committed is reported deleted
+        (None: run it again)."""
+        stats = fs.TreeStats()
+        for entry in await asyncio.to_thread(self.trash.entries):
+            if entry.task_id != task_id:
+                continue
+            if await settle(self.trash, self.db, entry, purge=False) == "committed":
+                stats.add(await asyncio.to_thread(self.trash.purge, entry.label, batch.progress))
+        record, _ = await self.db.peek_task(task_id)
+        if not deletion_committed(record):
+            return None  # never committed (its tree is back in place): run it again
+        task = TaskContext(task_id, self.settings.base_dir / task_id, batch, self.settings)
+        if stats.error_count:  # committed, so the remains stay in the trash for the sweep
+            result = _failure(
+                task_id,
+                errors.PURGE_FAILED,
+                f"目录未能完全删除: {stats.error_count} 个条目无法删除，剩余内容留在回收区，"
+                "由重启时的清理处理",
+                deleted_files_count=stats.files,
+                deleted_bytes=stats.bytes,
+                errors=stats.errors,
+            )
+        else:
+            result = _success(task, True, record is None, stats)
+            result["resumed"] = True  # its counts are what was left to purge
+        ok = not stats.error_count
+        outcome = "deleted" if ok else "failed"
+        await self.deleter._audit("task_delete", task_record(batch, task_id, result, outcome))
+        return ok, result
+
+    async def _heartbeat(self, run: _Run) -> None:
+        pause = min(PROGRESS_SECONDS, self.settings.job_lease_seconds / 3)
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                rows = await self.db.query(
+                    f"UPDATE {JOBS} SET heartbeat_at = now(), progress = %s::jsonb"
+                    " WHERE job_id = %s AND owner = %s AND status = 'running'"
+                    " RETURNING cancel_requested",
+                    (json.dumps(run.progress_json()), run.job_id, self.owner),
+                )
+            except DatabaseError:
+                log.warning("job_heartbeat_failed", job_id=run.job_id, exc_info=True)
+                continue
+            if not rows:
+                run.lost = True
+                return
+            if rows[0]["cancel_requested"]:
+                run.cancelled = run.stopping = True
+
+    async def _update(self, run: _Run, assignments: str, *args: Any) -> None:
+        """Change this job's row while it is ours."""
+        rows = await self.db.query(
+            f"UPDATE {JOBS} SET {assignments} WHERE job_id = %s AND owner = %s RETURNING job_id",
+            (*args, run.job_id, self.owner),
+        )
+        if not rows:
+            run.lost = True
+
+
+class _Run:
+    """A job this instance is running."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+        self.job_id: str = row["job_id"]
+        self.task: asyncio.Task[None]
+        self.progress = Progress()
+        self.total = 0
+        self.done = 0
+        self.stopping = False  # start no new task (cancelled, draining, lost)
+        self.cancelled = bool(row["cancel_requested"])
+        self.stopping = self.cancelled
+        self.lost = False  # the row is no longer ours
+
+    def progress_json(self) -> dict[str, int]:
+        files, bytes_ = self.progress.snapshot()
+        return _progress(self.total, self.done, files, bytes_)
+
+
+def _progress(total: int, done: int, files: int, bytes_: int) -> dict[str, int]:
+    return {"tasks_total": total, "tasks_done": done, "files": files, "bytes": bytes_}
+
+
+def _expiry_period(settings: Settings) -> float:
+    """How often finished jobs are looked for: often enough for short retentions."""
+    return min(600.0, max(1.0, settings.job_retention_days * 86400 / 4))
+
+
+def _shape(row: dict[str, Any]) -> dict[str, Any]:
+    """A row in the API's shape."""
+    return {
+        "job_id": row["job_id"],
+        "kind": row["kind"],
+        "status": row["status"],
+        "actor": row["actor"],
+        "request_id": row["request_id"],
+        "client": row["client"],
+        "created_at": iso(row["created_at"]),
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+        "options": row["options"],
+        "selection": row["selection"],
+        "cancel_requested": row["cancel_requested"],
+        "progress": {**_progress(0, 0, 0, 0), **(row["progress"] or {})},
+        "result": row["result"],
+    }

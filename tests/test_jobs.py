@@ -1,0 +1,299 @@
+"""Background deletion jobs (service/jobs.py): real PostgreSQL, real files,
+real service processes.
+
+Until the HTTP 202 path is merged, jobs are submitted through the app's own
+``JobQueue`` (in-process tests) or inserted as rows with SQL (the SIGKILL
+test: the service processes' runners claim them from the shared database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service import appkeys
+from service.jobs import JobQueue
+from service.pipeline import DeleteOptions
+from service.plugin_api import TaskContext, hookimpl
+from tests.helpers import Pg, audit_lines, delete_ok, insert_task, make_task_dir
+
+FINISHED = ("succeeded", "partial", "failed", "cancelled")
+
+
+async def submit(client: Any, task_ids: list[str], **options: Any) -> dict[str, Any]:
+    queue: JobQueue = client.app[appkeys.JOBS]
+    return await queue.submit(
+        kind="delete",
+        options=DeleteOptions(**options),
+        actor="tester",
+        request_id=uuid.uuid4().hex,
+        client="127.0.0.1",
+        task_ids=task_ids,
+    )
+
+
+async def finished(client: Any, job_id: str) -> dict[str, Any]:
+    queue: JobQueue = client.app[appkeys.JOBS]
+    deadline = time.monotonic() + 60
+    while True:
+        job = await queue.get(job_id)
+        assert job is not None
+        if job["status"] in FINISHED:
+            return job
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.05)
+
+
+def _normal(data: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    """A batch's data with ids by position and no times, to compare two batches."""
+    text = json.dumps(data)
+    for i, task_id in enumerate(ids):
+        text = text.replace(f'"{task_id}"', f'"#{i}"')
+    out = json.loads(text)
+    out.pop("deleted_at")
+    for entry in out["deleted_tasks"] + out["failed_tasks"]:
+        entry.pop("duration_ms")
+        entry.pop("deleted_at", None)
+    return out
+
+
+async def test_job_result_equals_the_synchronous_result(client: Any, task_factory, settings):
+    for prefix in ("s", "b"):
+        task_factory(f"{prefix}1", files=7, size=10)
+        task_factory(f"{prefix}2", files=3, size=1000)
+    sync_ids, job_ids = ["s1", "s2", "s-missing"], ["b1", "b2", "b-missing"]
+
+    sync = (await delete_ok(client, *sync_ids))["data"]
+    job = await submit(client, job_ids)
+    assert job["status"] == "queued" and job["result"] is None
+    done = await finished(client, job["job_id"])
+
+    assert done["status"] == "partial"  # as the synchronous message "批量删除部分完成"
+    assert _normal(done["result"], job_ids) == _normal(sync, sync_ids)
+    assert done["progress"] == {
+        "tasks_total": 3,
+        "tasks_done": 3,
+        "files": 10,
+        "bytes": sync["deleted_tasks"][0]["deleted_bytes"]
+        + sync["deleted_tasks"][1]["deleted_bytes"],
+    }
+    assert done["actor"] == "tester" and done["started_at"] and done["finished_at"]
+    assert not (settings.base_dir / "b1").exists()
+
+    # Every audit line of the job carries its id; the job starts and ends in the audit.
+    lines = audit_lines(settings)
+    mine = [line for line in lines if line.get("job_id") == job["job_id"]]
+    assert [line["event"] for line in mine].count("task_delete") == 3
+    events = [line["event"] for line in mine]
+    assert events[0] == "job_started" and events[-1] == "job_finished"
+    assert "delete_request" in events
+    assert all("job_id" not in line for line in lines if line.get("task_id") in sync_ids)
+
+
+# One purge thread: the purge takes long enough here to be watched.
+@pytest.mark.parametrize("settings_text", ["[limits]\npurge_threads = 1\n"])
+async def test_progress_moves_during_a_large_purge(client: Any, schema: Pg, base_dir: Path):
+    insert_task(schema, "big")
+    root = base_dir / "big"
+    for d in range(100):
+        os.makedirs(root / f"d{d}")
+        for f in range(1000):
+            os.close(os.open(root / f"d{d}" / f"f{f}", os.O_CREAT | os.O_WRONLY, 0o644))
+    job = await submit(client, ["big"])
+    queue: JobQueue = client.app[appkeys.JOBS]
+    seen: list[int] = []
+    deadline = time.monotonic() + 60
+    while (current := await queue.get(job["job_id"]))["status"] not in FINISHED:
+        seen.append(current["progress"]["files"])
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert current["status"] == "succeeded"
+    assert current["progress"]["files"] == 100_000
+    moving = sorted(set(f for f in seen if 0 < f < 100_000))
+    assert len(moving) >= 2, seen  # a progress bar moved at least twice before the end
+    assert seen == sorted(seen)
+
+
+async def test_a_cleanup_job_chooses_its_tasks_when_it_starts(client: Any, task_factory, base_dir):
+    now = datetime.now()
+    task_factory("old1", created_at=now - timedelta(days=40))
+    task_factory("old2", created_at=now - timedelta(days=35))
+    task_factory("young", created_at=now - timedelta(days=2))
+    task_factory("running", created_at=now - timedelta(days=50), status="in_progress")
+    queue: JobQueue = client.app[appkeys.JOBS]
+    job = await queue.submit(
+        kind="cleanup",
+        options=DeleteOptions(),
+        actor="schedule:nightly",
+        request_id=uuid.uuid4().hex,
+        client=None,
+        selection={"older_than_days": 30, "statuses": ["completed", "failed"]},
+    )
+    assert job["kind"] == "cleanup" and job["selection"]["older_than_days"] == 30
+    done = await finished(client, job["job_id"])
+    assert done["status"] == "succeeded"
+    assert [t["task_id"] for t in done["result"]["deleted_tasks"]] == ["old1", "old2"]
+    assert (base_dir / "young").exists() and (base_dir / "running").exists()
+    listed, total = await queue.list(limit=10, offset=0, kind="cleanup")
+    assert total == 1 and listed[0]["job_id"] == job["job_id"]
+    assert (await queue.counts())["succeeded"] == 1
+
+
+class Slow:
+    """Each task takes a while before its directory is touched."""
+
+    @hookimpl
+    async def dptask_before_removal(self, task: TaskContext) -> None:
+        await asyncio.sleep(0.4)
+
+
+@pytest.mark.parametrize("plugins", [[Slow()]])
+async def test_cancel_skips_the_tasks_not_started(client: Any, task_factory, base_dir: Path):
+    ids = [f"c{i}" for i in range(6)]
+    for task_id in ids:
+        task_factory(task_id)
+    job = await submit(client, ids, continue_on_error=False)
+    queue: JobQueue = client.app[appkeys.JOBS]
+    while (await queue.get(job["job_id"]))["progress"]["tasks_done"] < 1:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # a client polls the job
+    cancelled = await queue.cancel(job["job_id"])
+    assert cancelled is not None and cancelled["cancel_requested"] is True
+    done = await finished(client, job["job_id"])
+
+    assert done["status"] == "cancelled"
+    result = done["result"]
+    deleted = [t["task_id"] for t in result["deleted_tasks"]]
+    assert result["skipped_tasks"] and not result["failed_tasks"]
+    assert deleted + result["skipped_tasks"] == ids  # in order, each once
+    assert all(not (base_dir / t).exists() for t in deleted)
+    assert all((base_dir / t).exists() for t in result["skipped_tasks"])
+    assert result["summary"]["skipped"] == len(result["skipped_tasks"])
+    # Cancelling a finished job changes nothing.
+    assert (await queue.cancel(job["job_id"]))["status"] == "cancelled"
+    assert await queue.cancel("no-such-job") is None
+
+
+def insert_job(pg: Pg, task_ids: list[str], **options: Any) -> str:
+    """A queued delete job, as ``JobQueue.submit`` writes it."""
+    job_id = uuid.uuid4().hex
+    pg.rows(
+        "INSERT INTO dptask_jobs (job_id, kind, actor, request_id, client, options, task_ids,"
+        " progress, created_at) VALUES (%s, 'delete', 'tester', %s, NULL, %s, %s, %s, %s)",
+        (
+            job_id,
+            uuid.uuid4().hex,
+            json.dumps({**vars(DeleteOptions()), **options}),
+            json.dumps(task_ids),
+            json.dumps({"tasks_total": len(task_ids), "tasks_done": 0, "files": 0, "bytes": 0}),
+            datetime.now(),
+        ),
+    )
+    return job_id
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_an_instance_ends_then_another_finishes_the_job(
+    how: str, service_factory, pg: Pg, base_dir: Path, workdir: Path
+):
+    """SIGKILL: the lease expires and the second instance takes the job over
+    (settling the task that was in flight). SIGTERM: the first instance
+    finishes the task in flight and puts the job back to queued at once."""
+    config = "[jobs]\nlease_seconds = 2\n"
+    first = service_factory(settings_text=config)
+    ids = [f"k{i}" for i in range(10)]
+    for task_id in ids:
+        insert_task(pg, task_id)
+        make_task_dir(base_dir, task_id, files=4000, size=10)
+    job_id = insert_job(pg, ids, continue_on_error=False)
+
+    deadline = time.monotonic() + 60
+    while True:  # kill it in the middle of the job
+        row = pg.rows("SELECT results, status FROM dptask_jobs WHERE job_id = %s", (job_id,))[0]
+        done = [t for t, r in row["results"].items() if "entry" in r]
+        if len(done) >= 2:
+            break
+        assert row["status"] != "succeeded" and time.monotonic() < deadline, row
+        time.sleep(0.01)
+    if how == "SIGKILL":
+        first.kill()
+    else:
+        first.stop()  # SIGTERM, then waits for the process to end
+    row = pg.rows("SELECT * FROM dptask_jobs WHERE job_id = %s", (job_id,))[0]
+    assert len(row["results"]) < len(ids)
+    if how == "SIGKILL":
+        assert row["status"] == "running"
+    else:
+        assert row["status"] == "queued" and row["owner"] is None
+        assert all("entry" in r for r in row["results"].values())  # nothing left in flight
+
+    second = service_factory(settings_text=config)
+    deadline = time.monotonic() + 60
+    while (row := pg.rows("SELECT * FROM dptask_jobs WHERE job_id = %s", (job_id,))[0])[
+        "status"
+    ] not in FINISHED:
+        assert time.monotonic() < deadline, row
+        time.sleep(0.1)
+    assert row["status"] == "succeeded", row
+    result = row["result"]
+    assert sorted(t["task_id"] for t in result["deleted_tasks"]) == sorted(ids)  # each once
+    assert result["failed_tasks"] == [] and result["skipped_tasks"] == []
+    assert all(not (base_dir / t).exists() for t in ids)
+    assert list((base_dir / ".trash").iterdir()) == []
+    assert all(pg.task(t)["directory_exists"] is False for t in ids)
+    lines = [json.loads(line) for line in (workdir / "var" / "audit.log").read_text().splitlines()]
+    deletes = [x["task_id"] for x in lines if x["event"] == "task_delete"]
+    assert all(deletes.count(t) == 1 for t in ids), deletes  # each task deleted once
+    starts = [x for x in lines if x["event"] == "job_started" and x["job_id"] == job_id]
+    assert [s["resumed"] for s in starts] == [False, True]
+    second.stop()
+
+
+def test_finished_jobs_are_removed_after_the_retention(service_factory, pg: Pg):
+    first = service_factory(settings_text="[jobs]\nretention_days = 7\n")  # creates the table
+    first.stop()
+    old, recent, queued = insert_job(pg, ["a"]), insert_job(pg, ["b"]), insert_job(pg, ["c"])
+    pg.rows(
+        "UPDATE dptask_jobs SET status = 'succeeded', finished_at = now() - interval '8 days',"
+        " created_at = now() - interval '8 days' WHERE job_id = %s",
+        (old,),
+    )
+    pg.rows(
+        "UPDATE dptask_jobs SET status = 'succeeded', finished_at = now() - interval '6 days'"
+        " WHERE job_id = %s",
+        (recent,),
+    )
+    service_factory(settings_text="[jobs]\nretention_days = 7\n")  # its runner looks at once
+    deadline = time.monotonic() + 20
+    while pg.rows("SELECT 1 FROM dptask_jobs WHERE job_id = %s", (old,)):
+        assert time.monotonic() < deadline, "the expired job was never removed"
+        time.sleep(0.1)
+    left = {r["job_id"] for r in pg.rows("SELECT job_id FROM dptask_jobs")}
+    assert left == {recent, queued}
+
+
+@pytest.mark.parametrize("settings_text", ["[jobs]\nconcurrency = 1\n"])
+@pytest.mark.parametrize("plugins", [[Slow()]])
+async def test_a_queued_job_cancelled_skips_every_task(client: Any, task_factory, base_dir):
+    for task_id in ("q1", "q2", "w1", "w2", "w3"):
+        task_factory(task_id)
+    queue: JobQueue = client.app[appkeys.JOBS]
+    busy = await submit(client, ["w1", "w2", "w3"], continue_on_error=False)
+    waiting = await submit(client, ["q1", "q2"])  # one job at a time: this one waits
+    assert (await queue.get(waiting["job_id"]))["status"] == "queued"
+
+    cancelled = await queue.cancel(waiting["job_id"])
+    assert cancelled is not None and cancelled["status"] == "cancelled"
+    assert cancelled["result"]["skipped_tasks"] == ["q1", "q2"]
+    assert cancelled["result"]["summary"]["skipped"] == 2
+    await finished(client, busy["job_id"])
+    assert (base_dir / "q1").exists() and (base_dir / "q2").exists()
+    assert (await queue.get(waiting["job_id"]))["status"] == "cancelled"  # never claimed
+    assert (await queue.counts())["cancelled"] == 1
