@@ -99,6 +99,7 @@ async def test_job_result_equals_the_synchronous_result(client: Any, task_factor
 
 
 # One purge thread: the purge takes long enough here to be watched.
+@pytest.mark.slow
 @pytest.mark.parametrize("settings_text", ["[limits]\npurge_threads = 1\n"])
 async def test_progress_moves_during_a_large_purge(client: Any, schema: Pg, base_dir: Path):
     insert_task(schema, "big")
@@ -199,6 +200,7 @@ def insert_job(pg: Pg, task_ids: list[str], **options: Any) -> str:
     return job_id
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_an_instance_ends_then_another_finishes_the_job(
     how: str, service_factory, pg: Pg, base_dir: Path, workdir: Path
