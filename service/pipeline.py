@@ -351,16 +351,22 @@ class Deleter:
 
     async def _committed(self, task: TaskContext) -> bool | None:
         """Whether the deletion was committed, read back once the database
-        answers; None when it has not answered within the bound."""
+        answers; None when it has not answered within the bound.
+
+        It is read under the task's lock: the transaction whose COMMIT got no
+        answer holds that lock until the server has carried the COMMIT out (or
+        rolled it back), so a read that gets the lock sees the outcome, never
+        the state before it."""
         deadline = time.monotonic() + _SETTLE_SECONDS
         while True:
             try:
-                record, _ = await self.db.peek_task(task.task_id)
-                return deletion_committed(record)
-            except DatabaseUnavailable:
+                async with self.db.task_transaction(task.task_id) as tx:
+                    tx.rollback_only = True
+                    return deletion_committed(tx.record)
+            except (DatabaseUnavailable, TaskLocked):
                 if time.monotonic() > deadline:
                     return None
-                await asyncio.sleep(1)
+                await asyncio.sleep(0.5)
 
     def _settle_later(self, task: TaskContext, detached: Path) -> None:
         """Once the database answers, put the tree back or purge it, by its record,
