@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +39,8 @@ from service import schema
 
 log = structlog.get_logger("service")
 
+# A statement's parameters: positional (%s) or by name (%(name)s).
+Args = Sequence[Any] | Mapping[str, Any]
 # Rows from before the migration may hold NULL: the column's default says true.
 DIRECTORY_EXISTS = "COALESCE(directory_exists, true)"
 TASK_COLUMNS = (
@@ -105,7 +107,7 @@ def _translated() -> Any:
 
 
 async def _execute(
-    cur: Any, sql: str, args: Sequence[Any] | None = None, *, bound: float | None = None
+    cur: Any, sql: str, args: Args | None = None, *, bound: float | None = None
 ) -> None:
     """One statement, its errors translated. aiopg turns the server's
     "canceling statement due to statement timeout" into a CancelledError: that
@@ -213,7 +215,7 @@ class Database:
             # A connection left inside a transaction is closed by the pool too.
             await self._pool.release(conn)
 
-    async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    async def _rows(self, sql: str, args: Args = ()) -> list[dict[str, Any]]:
         """Run a read. After a server restart the pool still holds dead
         connections; the first use of one fails and drops it, so a read that
         fails that way is tried once more, on a fresh connection. A timeout is
@@ -342,9 +344,18 @@ class Database:
         offset: int,
         status: str | None = None,
         directory_exists: bool | None = None,
+        created_before: datetime | None = None,
+        created_after: datetime | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
         where: list[str] = []
         args: list[Any] = []
+        # Both strict: a task created at exactly the given time is in neither.
+        if created_before is not None:
+            where.append("created_at < %s")
+            args.append(created_before)
+        if created_after is not None:
+            where.append("created_at > %s")
+            args.append(created_after)
         if status is not None:
             where.append("status = %s")
             args.append(status)
@@ -407,6 +418,18 @@ class Database:
         """Run one statement outside a task transaction (the demo's data)."""
         async with self._cursor() as cur:
             await _execute(cur, sql, args)
+
+    # ------------------------------------------------------------ plain queries (jobs, clean-up)
+
+    async def rows(self, sql: str, args: Args = ()) -> list[dict[str, Any]]:
+        """One read (or a write with RETURNING) outside any transaction, as dicts."""
+        return await self._rows(sql, args)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A plain transaction: committed when the block ends, rolled back on an error."""
+        async with self._cursor() as cur, _transaction(cur):
+            yield Transaction(cur)
 
     # ------------------------------------------------------------ a task's transaction
 
@@ -488,6 +511,17 @@ class TaskTransaction:
             self._cur, "DELETE FROM data_pipeline_tasks WHERE task_id = %s", (self.task_id,)
         )
         return self._cur.rowcount > 0
+
+
+class Transaction:
+    """Statements inside ``Database.transaction``."""
+
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+
+    async def rows(self, sql: str, args: Args = ()) -> list[dict[str, Any]]:
+        await _execute(self._cur, sql, args)
+        return await _fetchall(self._cur) if self._cur.description else []
 
 
 class _Blocked(Exception):

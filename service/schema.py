@@ -76,6 +76,16 @@ INDEXES = {
     "dp_task_steps_task_id_idx": (STEPS, "task_id"),
 }
 
+# Scheduled clean-ups (service.cleanup): each schedule's last run, shared by every instance.
+SCHEDULES = "dptask_schedules"
+CREATE_SCHEDULES = f"""
+    CREATE TABLE IF NOT EXISTS {SCHEDULES} (
+        name text PRIMARY KEY,
+        last_run_at timestamptz,
+        last_job_id text
+    )
+    """
+
 # What is there: the relations (tables and indexes) and the task table's columns.
 # Catalogue reads only: this takes no lock on any of the tables.
 CATALOG_QUERY = """
@@ -85,7 +95,7 @@ CATALOG_QUERY = """
                AS columns
     FROM unnest(%s::text[]) AS n(name)
     """
-CATALOG_NAMES = [TASKS, STEPS, *INDEXES]
+CATALOG_NAMES = [TASKS, STEPS, *INDEXES, SCHEDULES]
 
 # pg_locks modes that conflict with each mode a change takes (the table in
 # the PostgreSQL manual, "Conflicting Lock Modes").
@@ -164,6 +174,8 @@ def missing_changes(catalog: dict[str, tuple[bool, list[str]]]) -> list[Change]:
             # A table created in this start-up is empty and nobody else's yet.
             locks = table if table in present else None
             changes.append(Change(f"index {index}", sql, locks, "ShareLock"))
+    if SCHEDULES not in present:
+        changes.append(Change(f"table {SCHEDULES}", CREATE_SCHEDULES))
     return changes
 
 
