@@ -112,23 +112,24 @@ def create_app(settings: Settings) -> web.Application:
     async def jobs(app: web.Application) -> AsyncIterator[None]:
         queue = JobQueue(app[appkeys.DB], app[appkeys.DELETER], settings.job_concurrency)
         app[appkeys.JOBS] = queue
-        runner = asyncio.create_task(queue.run())
+        stop = asyncio.Event()
+        runner = asyncio.create_task(queue.run(stop))
         yield
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+        stop.set()
+        await runner
 
     # [cleanup] schedules: each instance looks; PostgreSQL makes one of them run it.
     async def schedules(app: web.Application) -> AsyncIterator[None]:
         if not settings.cleanup_schedules:
             yield
             return
-        db, queue = app[appkeys.DB], app[appkeys.JOBS]
-        looking = asyncio.create_task(cleanup.run_schedules(db, queue, settings.cleanup_schedules))
+        db, queue, stop = app[appkeys.DB], app[appkeys.JOBS], asyncio.Event()
+        looking = asyncio.create_task(
+            cleanup.run_schedules(db, queue, settings.cleanup_schedules, stop)
+        )
         yield
-        looking.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await looking
+        stop.set()  # not cancelled: see run_schedules
+        await looking
 
     app.cleanup_ctx.extend([threads, database, audit, sweep, jobs, schedules])
     app.router.add_get(f"{API}/tasks", handlers.list_tasks)

@@ -39,6 +39,7 @@ the next look: at least once, never twice by two live instances.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -216,15 +217,20 @@ def parse_schedules(raw: Any, max_task_ids: int = 1000) -> tuple[Schedule, ...]:
     return tuple(schedules)
 
 
-async def run_schedules(db: Database, jobs: JobQueue, schedules: tuple[Schedule, ...]) -> None:
-    """Submit each schedule's job once per period, with every other instance; forever."""
-    while True:
+async def run_schedules(
+    db: Database, jobs: JobQueue, schedules: tuple[Schedule, ...], stop: asyncio.Event
+) -> None:
+    """Submit each schedule's job once per period, with every other instance,
+    until ``stop`` is set (it is never cancelled mid-query: aiopg can lose a
+    connection whose acquire is cancelled, and the pool would never close)."""
+    while not stop.is_set():
         for schedule in schedules:
             try:
                 await run_if_due(db, jobs, schedule)
             except Exception:  # the database away, say: look again next tick
                 log.warning("schedule_failed", schedule=schedule.name, exc_info=True)
-        await asyncio.sleep(TICK)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), TICK)
 
 
 async def run_if_due(db: Database, jobs: JobQueue, schedule: Schedule) -> str | None:

@@ -12,6 +12,7 @@ while a job runs, no cancel of a running job, no retention.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from dataclasses import asdict
@@ -19,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from service.db import Database
+from service.db import Database, DatabaseError
 from service.formatting import jsonable
 from service.pipeline import BatchContext, DeleteOptions, Deleter
 
@@ -48,11 +49,16 @@ class JobQueue:
     def __init__(self, db: Database, deleter: Deleter, concurrency: int = 2) -> None:
         self.db, self.deleter, self.concurrency = db, deleter, concurrency
         self._ready = False
+        self._lock = asyncio.Lock()
 
     async def _table(self) -> None:
-        if not self._ready:
-            await self.db.execute(_TABLE)
-            self._ready = True
+        async with self._lock:
+            if not self._ready:
+                try:
+                    await self.db.execute(_TABLE)
+                except DatabaseError:  # another instance created it at the same moment
+                    await self.db.execute(_TABLE)
+                self._ready = True
 
     async def submit(
         self,
@@ -123,15 +129,17 @@ class JobQueue:
     async def drain(self, grace: float) -> None:
         return None
 
-    async def run(self) -> None:
-        """Claim and run queued jobs, forever."""
-        while True:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run queued jobs until ``stop`` is set (never cancelled
+        mid-query: aiopg can lose a connection cancelled in its acquire)."""
+        while not stop.is_set():
             try:
-                if not await self._run_one():
-                    await asyncio.sleep(0.2)
+                if await self._run_one():
+                    continue
             except Exception:
                 log.warning("placeholder_job_failed", exc_info=True)
-                await asyncio.sleep(1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
 
     async def _run_one(self) -> bool:
         await self._table()
