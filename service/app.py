@@ -135,7 +135,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get(f"{API}/tasks", handlers.list_tasks)
     app.router.add_delete(f"{API}/tasks", handlers.delete_tasks)
     app.router.add_post(f"{API}/tasks/cleanup", handlers.cleanup_tasks)
-    app.router.add_get(f"{API}/tasks/{{task_id}}", handlers.get_task)
+    # Not "cleanup": that path is the clean-up's alone (its 405 says Allow: POST).
+    app.router.add_get(f"{API}/tasks/{{task_id:(?!cleanup$)[^{{}}/]+}}", handlers.get_task)
     app.router.add_get(f"{API}/jobs", handlers.list_jobs)
     app.router.add_get(f"{API}/jobs/{{job_id}}", handlers.get_job)
     app.router.add_post(f"{API}/jobs/{{job_id}}/cancel", handlers.cancel_job)

@@ -269,7 +269,8 @@ def openapi(settings: Settings) -> dict[str, Any]:
         "name": "Prefer",
         "in": "header",
         "required": False,
-        "schema": {"type": "string", "enum": ["respond-async"]},
+        # Only respond-async acts; other preferences are ignored (RFC 7240).
+        "schema": {"type": "string"},
     }
     task_id = {
         "name": "task_id",

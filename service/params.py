@@ -96,10 +96,13 @@ class ChoiceParam:
 
 
 # A naive local timestamp, as the API writes them; a date alone means its midnight.
-_TIMESTAMP = (
-    r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-    r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?)?$"
+# A real day (leap years included), then an optional time.
+_DATE = (
+    r"(?:[1-9][0-9]{3}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    r"|(?:[1-9][0-9](?:0[48]|[2468][048]|[13579][26])|(?:[2468][048]|[13579][26])00)-02-29)"
 )
+_TIMESTAMP = rf"^{_DATE}([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{{1,6}})?)?)?$"
 TIMESTAMP_MESSAGE = "必须是不带时区的本地时间，如 2025-07-01T00:00:00"
 
 
@@ -279,6 +282,8 @@ def selection(body: dict[str, Any], max_task_ids: int) -> dict[str, Any]:
     """The selection's values from ``body`` (its other keys are the caller's),
     JSON-safe: it is stored with the job. ``BadRequest`` names the parameter."""
     _booleans(body, ["directory_exists"])
+    if null := sorted(name for name in SELECTION_DEFAULTS if name in body and body[name] is None):
+        raise BadRequest(f"{null[0]} 不能为 null（不需要时省略）", invalid_params=null[:1])
     sel = {name: body.get(name, default) for name, default in SELECTION_DEFAULTS.items()}
     if (sel["older_than_days"] is None) == (sel["created_before"] is None):
         raise BadRequest(
@@ -308,7 +313,9 @@ def selection(body: dict[str, Any], max_task_ids: int) -> dict[str, Any]:
     sel["statuses"] = sorted(set(statuses))
     for name in ("db_name", "task_id_prefix"):
         value = sel[name]
-        if value is not None and (not _encodable(value) or not value or len(value) > 255):
+        if value is not None and (
+            not _encodable(value) or not value or len(value) > 255 or "\x00" in value
+        ):
             raise BadRequest(f"{name} 必须是 1 到 255 个字符的字符串", invalid_params=[name])
     sel["keep_last"] = _whole("keep_last", sel["keep_last"], 0, 2**31 - 1)
     max_tasks = max_task_ids if sel["max_tasks"] is None else sel["max_tasks"]
@@ -317,6 +324,8 @@ def selection(body: dict[str, Any], max_task_ids: int) -> dict[str, Any]:
 
 
 def _whole(name: str, value: Any, minimum: int, maximum: int) -> int:
+    if isinstance(value, float) and value.is_integer():  # JSON's 2.0 is the integer 2
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{name} 必须是整数", invalid_params=[name])
     if not minimum <= value <= maximum:
@@ -343,7 +352,7 @@ async def cleanup_body(
 
 def cleanup_body_schema(max_task_ids: int) -> dict[str, Any]:
     """The clean-up body as JSON Schema, from the names ``cleanup_body`` checks."""
-    optional_string = {"type": "string", "minLength": 1, "maxLength": 255}
+    optional_string = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00]*$"}
     return {
         "type": "object",
         "additionalProperties": False,
