@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 from aiohttp import web
 
-from service import appkeys, fs, handlers, metrics, probes, shutdown
+from service import appkeys, cleanup, fs, handlers, metrics, probes, shutdown
 from service.audit import AuditLog
 from service.auth import auth_middleware
 from service.db import Database
@@ -126,10 +126,28 @@ def create_app(settings: Settings) -> web.Application:
         yield
         await queue.drain(settings.shutdown_grace)
 
-    app.cleanup_ctx.extend([threads, database, audit, sweep, jobs])
+    # [cleanup] schedules: each instance looks; PostgreSQL makes one of them run it.
+    async def schedules(app: web.Application) -> AsyncIterator[None]:
+        if not settings.cleanup_schedules:
+            yield
+            return
+        db, queue, stop = app[appkeys.DB], app[appkeys.JOBS], asyncio.Event()
+        looking = asyncio.create_task(
+            cleanup.run_schedules(db, queue, settings.cleanup_schedules, stop)
+        )
+        yield
+        stop.set()  # not cancelled: see run_schedules
+        await looking
+
+    app.cleanup_ctx.extend([threads, database, audit, sweep, jobs, schedules])
     app.router.add_get(f"{API}/tasks", handlers.list_tasks)
     app.router.add_delete(f"{API}/tasks", handlers.delete_tasks)
-    app.router.add_get(f"{API}/tasks/{{task_id}}", handlers.get_task)
+    app.router.add_post(f"{API}/tasks/cleanup", handlers.cleanup_tasks)
+    # Not "cleanup": that path is the clean-up's alone (its 405 says Allow: POST).
+    app.router.add_get(f"{API}/tasks/{{task_id:(?!cleanup$)[^{{}}/]+}}", handlers.get_task)
+    app.router.add_get(f"{API}/jobs", handlers.list_jobs)
+    app.router.add_get(f"{API}/jobs/{{job_id}}", handlers.get_job)
+    app.router.add_post(f"{API}/jobs/{{job_id}}/cancel", handlers.cancel_job)
     app.router.add_get(f"{API}/plugins", handlers.list_plugins)
     app.router.add_get("/api/v0/openapi.json", handlers.openapi_document)
     return app

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +39,8 @@ from service import schema
 
 log = structlog.get_logger("service")
 
+# A statement's parameters: positional (%s) or by name (%(name)s).
+Args = Sequence[Any] | Mapping[str, Any]
 # Rows from before the migration may hold NULL: the column's default says true.
 DIRECTORY_EXISTS = "COALESCE(directory_exists, true)"
 TASK_COLUMNS = (
@@ -105,7 +107,7 @@ def _translated() -> Any:
 
 
 async def _execute(
-    cur: Any, sql: str, args: Sequence[Any] | None = None, *, bound: float | None = None
+    cur: Any, sql: str, args: Args | None = None, *, bound: float | None = None
 ) -> None:
     """One statement, its errors translated. aiopg turns the server's
     "canceling statement due to statement timeout" into a CancelledError: that
@@ -218,7 +220,7 @@ class Database:
             # A connection left inside a transaction is closed by the pool too.
             await self._pool.release(conn)
 
-    async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    async def _rows(self, sql: str, args: Args = ()) -> list[dict[str, Any]]:
         """Run a read. After a server restart the pool still holds dead
         connections; the first use of one fails and drops it, so a read that
         fails that way is tried once more, on a fresh connection. A timeout is
@@ -347,9 +349,18 @@ class Database:
         offset: int,
         status: str | None = None,
         directory_exists: bool | None = None,
+        created_before: datetime | None = None,
+        created_after: datetime | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
         where: list[str] = []
         args: list[Any] = []
+        # Both strict: a task created at exactly the given time is in neither.
+        if created_before is not None:
+            where.append("created_at < %s")
+            args.append(created_before)
+        if created_after is not None:
+            where.append("created_at > %s")
+            args.append(created_after)
         if status is not None:
             where.append("status = %s")
             args.append(status)
@@ -413,9 +424,9 @@ class Database:
         async with self._cursor() as cur:
             await _execute(cur, sql, args)
 
-    # ------------------------------------------------------------ the service's own tables
+    # ------------------------------------------------------------ jobs and schedules
 
-    async def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    async def query(self, sql: str, args: Args = ()) -> list[dict[str, Any]]:
         """One statement (a write too: it commits by itself), its rows
         (RETURNING), or none. Never tried again: a write must not run twice."""
         async with self._cursor() as cur:
@@ -466,7 +477,7 @@ class Query:
     def __init__(self, cur: Any) -> None:
         self._cur = cur
 
-    async def __call__(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    async def __call__(self, sql: str, args: Args = ()) -> list[dict[str, Any]]:
         await _execute(self._cur, sql, args)
         return await _fetchall(self._cur) if self._cur.description else []
 

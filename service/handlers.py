@@ -7,11 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from service import appkeys, params
+from service import appkeys, cleanup, params
 from service.errors import BadRequest, NotFound
 from service.formatting import jsonable
-from service.openapi import openapi
-from service.pipeline import BatchContext, id_problem
+from service.openapi import API, openapi
+from service.pipeline import BatchContext, DeleteOptions, id_problem
 from service.plugin_manager import describe
 from service.responses import envelope, json_response
 
@@ -56,13 +56,17 @@ async def list_plugins(request: web.Request) -> web.Response:
 
 async def delete_tasks(request: web.Request) -> web.Response:
     settings = request.app[appkeys.SETTINGS]
-    task_ids, options = await params.delete_body(request, settings.max_task_ids)
+    task_ids, options, background = await params.delete_body(request, settings.max_task_ids)
+    background = background or _prefers_async(request)
     # Fail the whole request (503) before any directory is touched when the
     # database is away (every task would fail its record step anyway), or when
-    # the audit cannot be written (no deletion without its audit line).
+    # the audit cannot be written (no deletion without its audit line). A
+    # background job is checked the same way before its 202.
     if not options.dry_run:
         await request.app[appkeys.DELETER].ready_to_delete()
     await request.app[appkeys.DB].ping()
+    if background:
+        return await _submit(request, "delete", options, task_ids=task_ids)
     batch = BatchContext(
         task_ids=task_ids,
         options=options,
@@ -77,3 +81,81 @@ async def delete_tasks(request: web.Request) -> web.Response:
     if summary["failed"] or summary["skipped"]:
         return envelope(200, "批量删除部分完成", data)
     return envelope(200, "任务目录删除成功", data)
+
+
+def _prefers_async(request: web.Request) -> bool:
+    """``Prefer: respond-async`` (RFC 7240), among any other preferences."""
+    for header in request.headers.getall("Prefer", ()):
+        for preference in header.split(","):
+            if preference.split(";")[0].strip().lower() == "respond-async":
+                return True
+    return False
+
+
+async def _submit(
+    request: web.Request,
+    kind: str,
+    options: DeleteOptions,
+    *,
+    task_ids: list[str],
+    selection: dict[str, Any] | None = None,
+) -> web.Response:
+    """Queue a job; 202 with its URL."""
+    job = await request.app[appkeys.JOBS].submit(
+        kind=kind,
+        options=options,
+        actor=request[appkeys.ACTOR],
+        request_id=request[appkeys.REQUEST_ID],
+        client=request.remote,
+        task_ids=task_ids,
+        selection=selection,
+    )
+    response = envelope(202, "删除任务已提交后台执行", job)
+    response.headers["Location"] = f"{API}/jobs/{job['job_id']}"
+    if _prefers_async(request):
+        response.headers["Preference-Applied"] = "respond-async"
+    return response
+
+
+async def cleanup_tasks(request: web.Request) -> web.Response:
+    """Select old tasks on the server: a dry run answers at once, a real run is a job."""
+    settings = request.app[appkeys.SETTINGS]
+    selection, options = await params.cleanup_body(request, settings.max_task_ids)
+    db = request.app[appkeys.DB]
+    if options.dry_run:
+        data = await cleanup.dry_run(db, request.app[appkeys.TRASH], selection)
+        return envelope(200, "清理预演完成，未删除任何内容", data)
+    await request.app[appkeys.DELETER].ready_to_delete()
+    ids, more = await cleanup.select_task_ids(db, selection, selection["max_tasks"])
+    selection = {**selection, "more_remaining": more}
+    return await _submit(request, "cleanup", options, task_ids=ids, selection=selection)
+
+
+def _job_id(request: web.Request) -> str:
+    job_id = request.match_info["job_id"]
+    if not params.JOB_ID.fullmatch(job_id):
+        raise NotFound(f"任务作业不存在: {job_id}")
+    return job_id
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    query = params.query_values(request.query, params.JOBS_QUERY)
+    jobs, total = await request.app[appkeys.JOBS].list(**query)
+    data = {"jobs": jobs, "total": total, "limit": query["limit"], "offset": query["offset"]}
+    return envelope(200, "获取任务作业列表成功", data)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job_id = _job_id(request)
+    job = await request.app[appkeys.JOBS].get(job_id)
+    if job is None:
+        raise NotFound(f"任务作业不存在: {job_id}")
+    return envelope(200, "获取任务作业成功", job)
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    job_id = _job_id(request)
+    job = await request.app[appkeys.JOBS].cancel(job_id)
+    if job is None:
+        raise NotFound(f"任务作业不存在: {job_id}")
+    return envelope(200, "已请求取消任务作业", job)

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.params import LIST_QUERY, delete_body_schema
+from service.params import (
+    JOB_ID,
+    JOB_KINDS,
+    JOB_STATUSES,
+    JOBS_QUERY,
+    LIST_QUERY,
+    cleanup_body_schema,
+    delete_body_schema,
+)
 from service.settings import Settings
 
 API = "/api/v0/data_pipeline"
@@ -135,6 +143,50 @@ LIST_LINKS = {
     }
 }
 PLUGINS_DATA = _object({"plugins": {"type": "array"}, "hooks": {"type": "object"}})
+COUNT = {"type": "integer", "minimum": 0}
+JOB = _object(
+    {
+        "job_id": {"type": "string"},
+        "kind": {"enum": list(JOB_KINDS)},
+        "status": {"enum": list(JOB_STATUSES)},
+        "actor": NULLABLE_STRING,
+        "request_id": NULLABLE_STRING,
+        "client": NULLABLE_STRING,
+        "created_at": TIMESTAMP,
+        "started_at": TIMESTAMP,
+        "finished_at": TIMESTAMP,
+        "options": {"type": "object"},
+        "selection": {"type": ["object", "null"]},
+        "cancel_requested": {"type": "boolean"},
+        "progress": _object(
+            {name: COUNT for name in ("tasks_total", "tasks_done", "files", "bytes")}
+        ),
+        "result": {"oneOf": [{"type": "null"}, DELETE_DATA]},
+    }
+)
+JOBS_DATA = _object(
+    {
+        "jobs": {"type": "array", "items": JOB},
+        "total": COUNT,
+        "limit": {"type": "integer"},
+        "offset": {"type": "integer"},
+    }
+)
+CLEANUP_DRY_RUN = _object(
+    {
+        "dry_run": {"const": True},
+        "matched": COUNT,
+        "sample_task_ids": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
+        "more_remaining": {"type": "boolean"},
+        "files": {"type": ["integer", "null"], "minimum": 0},
+        "bytes": {"type": ["integer", "null"], "minimum": 0},
+        "counted": {"type": "boolean"},
+        "selection": {"type": "object"},
+    }
+)
+JOB_LINKS = {
+    "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/data/job_id"}}
+}
 
 
 def _ok(
@@ -150,6 +202,27 @@ def _ok(
     )
     ok = {"description": description, "content": {"application/json": {"schema": schema}}}
     return {"200": {**ok, "links": links} if links else ok}
+
+
+def _accepted() -> dict[str, Any]:
+    """202: the job, at the URL in ``Location``."""
+    schema = _object(
+        {
+            "success": {"const": True},
+            "code": {"const": 202},
+            "message": {"type": "string"},
+            "data": JOB,
+        }
+    )
+    return {
+        "202": {
+            "description": "queued as a background job (body background: true, or"
+            " Prefer: respond-async)",
+            "headers": {"Location": {"schema": {"type": "string"}, "required": True}},
+            "content": {"application/json": {"schema": schema}},
+            "links": JOB_LINKS,
+        }
+    }
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
@@ -182,6 +255,23 @@ def openapi(settings: Settings) -> dict[str, Any]:
         {"name": name, "in": "query", "required": False, "schema": param.schema()}
         for name, param in LIST_QUERY.items()
     ]
+    jobs_query = [
+        {"name": name, "in": "query", "required": False, "schema": param.schema()}
+        for name, param in JOBS_QUERY.items()
+    ]
+    job_id = {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": f"^{JOB_ID.pattern}$"},
+    }
+    prefer = {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        # Only respond-async acts; other preferences are ignored (RFC 7240).
+        "schema": {"type": "string"},
+    }
     task_id = {
         "name": "task_id",
         "in": "path",
@@ -207,6 +297,7 @@ def openapi(settings: Settings) -> dict[str, Any]:
                 },
                 "delete": {
                     "operationId": "deleteTasks",
+                    "parameters": [prefer],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -217,9 +308,52 @@ def openapi(settings: Settings) -> dict[str, Any]:
                     },
                     "responses": {
                         **_ok(DELETE_DATA, "per-task results; success false when all failed"),
+                        **_accepted(),
                         **_errors(400, 413, *common),
                     },
                 },
+            },
+            f"{API}/tasks/cleanup": {
+                "post": {
+                    "operationId": "cleanupTasks",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": cleanup_body_schema(settings.max_task_ids)
+                            }
+                        },
+                    },
+                    "responses": {
+                        **_ok(CLEANUP_DRY_RUN, "dry run: what a real run would select"),
+                        **_accepted(),
+                        **_errors(400, 413, *common),
+                    },
+                }
+            },
+            f"{API}/jobs": {
+                "get": {
+                    "operationId": "listJobs",
+                    "parameters": jobs_query,
+                    "responses": {**_ok(JOBS_DATA, "jobs, newest first"), **_errors(400, *common)},
+                }
+            },
+            f"{API}/jobs/{{job_id}}": {
+                "get": {
+                    "operationId": "getJob",
+                    "parameters": [job_id],
+                    "responses": {**_ok(JOB, "one job"), **_errors(404, *common)},
+                }
+            },
+            f"{API}/jobs/{{job_id}}/cancel": {
+                "post": {
+                    "operationId": "cancelJob",
+                    "parameters": [job_id],
+                    "responses": {
+                        **_ok(JOB, "cancel requested; the job as it is now"),
+                        **_errors(404, *common),
+                    },
+                }
             },
             f"{API}/tasks/{{task_id}}": {
                 "get": {

@@ -107,6 +107,16 @@ INDEXES = {
     "dptask_jobs_created_at_idx": (JOBS, "created_at DESC"),
 }
 
+# Scheduled clean-ups (service.cleanup): each schedule's last run, shared by every instance.
+SCHEDULES = "dptask_schedules"
+CREATE_SCHEDULES = f"""
+    CREATE TABLE IF NOT EXISTS {SCHEDULES} (
+        name text PRIMARY KEY,
+        last_run_at timestamptz,
+        last_job_id text
+    )
+    """
+
 # What is there: the relations (tables and indexes) and the task table's columns.
 # Catalogue reads only: this takes no lock on any of the tables.
 CATALOG_QUERY = """
@@ -116,7 +126,7 @@ CATALOG_QUERY = """
                AS columns
     FROM unnest(%s::text[]) AS n(name)
     """
-CATALOG_NAMES = [TASKS, STEPS, JOBS, *INDEXES]
+CATALOG_NAMES = [TASKS, STEPS, JOBS, SCHEDULES, *INDEXES]
 
 # pg_locks modes that conflict with each mode a change takes (the table in
 # the PostgreSQL manual, "Conflicting Lock Modes").
@@ -189,8 +199,10 @@ def missing_changes(catalog: dict[str, tuple[bool, list[str]]]) -> list[Change]:
         # The foreign key takes SHARE ROW EXCLUSIVE on the (maybe existing) task table.
         table = TASKS if TASKS in present else None
         changes.append(Change(f"table {STEPS}", CREATE_STEPS, table, "ShareRowExclusiveLock"))
-    if JOBS not in present:
-        changes.append(Change(f"table {JOBS}", CREATE_JOBS))
+    # The service's own tables: nobody else's lock stands in their way.
+    for table, create in ((JOBS, CREATE_JOBS), (SCHEDULES, CREATE_SCHEDULES)):
+        if table not in present:
+            changes.append(Change(f"table {table}", create))
     for index, (table, columns) in INDEXES.items():
         if index not in present:
             sql = f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({columns})"

@@ -391,7 +391,7 @@ def _build(root: Path, v: dict[str, dict[str, Any]], plugins_raw: dict[str, Any]
         job_concurrency=v["jobs"]["concurrency"],
         job_lease_seconds=float(v["jobs"]["lease_seconds"]),
         job_retention_days=float(v["jobs"]["retention_days"]),
-        cleanup_schedules=tuple(v["cleanup"]["schedules"]),
+        cleanup_schedules=_schedules(v["cleanup"]["schedules"], max_ids),
         log_level=v["logging"]["level"],
         metrics_public=v["metrics"]["public"],
     )
@@ -409,3 +409,14 @@ def _at_least(
 def _resolve(root: Path, value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else root / path
+
+
+def _schedules(raw: list[Any], max_task_ids: int) -> tuple[Any, ...]:
+    """[cleanup] schedules, validated by ``service.cleanup`` (imported here:
+    it needs the request validation, which imports the pipeline, which imports this)."""
+    from service.cleanup import parse_schedules
+
+    try:
+        return parse_schedules(raw, max_task_ids)
+    except ValueError as e:
+        raise SettingsError(f"settings: {e}") from None

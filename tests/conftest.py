@@ -82,7 +82,8 @@ def pg(database_url: str) -> Iterator[Pg]:
     """The test database, with the service's tables, emptied."""
     pg = Pg(database_url)
     pg.rows(
-        "DROP TABLE IF EXISTS data_pipeline_task_steps, data_pipeline_tasks, dptask_jobs CASCADE"
+        "DROP TABLE IF EXISTS data_pipeline_task_steps, data_pipeline_tasks, dptask_jobs,"
+        " dptask_schedules CASCADE"
     )
     try:
         yield pg

@@ -323,3 +323,38 @@ async def test_every_response_carries_a_request_id(client, schema):
         assert request_id, path
         seen.add(request_id)
     assert len(seen) == 4
+
+
+# ---------------------------------------------------------------- created_before / created_after
+
+
+async def test_created_before_and_after_filter_strictly(client, schema):
+    newest_first = insert_many(schema, 5)  # task_000 at T0, a minute apart
+    at_2 = (T0 + timedelta(minutes=2)).isoformat()
+    status, body = await get(client, created_before=at_2)
+    assert status == 200 and ids(body) == ["task_001", "task_000"]
+    assert body["data"]["total"] == 2
+    status, body = await get(client, created_after=at_2)
+    assert ids(body) == newest_first[:2]
+    status, body = await get(client, created_after=T0.isoformat(), created_before=at_2)
+    assert ids(body) == ["task_001"]
+    status, body = await get(client, created_before="2025-07-02")  # a date: its midnight
+    assert ids(body) == []
+
+
+@pytest.mark.parametrize(
+    "value", ["yesterday", "2025-13-01", "2025-02-30T00:00:00", "2025-07-02T22:57:21+08:00", ""]
+)
+async def test_a_bad_timestamp_filter_is_400(client, schema, value):
+    status, body = await get(client, created_before=value)
+    assert_bad_request(status, body, "created_before")
+    assert body["invalid_params"] == ["created_before"]
+
+
+@pytest.mark.parametrize("name", ["statuss", "created_befor", "task_id"])
+async def test_unknown_list_parameters_are_refused(client, schema, name):
+    insert_many(schema, 2)
+    status, body = await get(client, **{name: "completed"})
+    assert status == 400 and body["success"] is False
+    assert body["message"] == f"未知参数: {name}" and body["unknown_params"] == [name]
+    assert body["data"] is None

@@ -20,7 +20,7 @@ async def test_the_description_is_generated_from_the_validation(client):
     assert doc["openapi"].startswith("3.1")
     tasks = doc["paths"]["/api/v0/data_pipeline/tasks"]
     body = tasks["delete"]["requestBody"]["content"]["application/json"]["schema"]
-    assert set(body["properties"]) == {*REQUIRED, *OPTIONS}
+    assert set(body["properties"]) == {*REQUIRED, *OPTIONS, "background"}
     assert (
         body["additionalProperties"] is False and body["properties"]["task_ids"]["maxItems"] == 1000
     )

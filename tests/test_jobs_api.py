@@ -1,0 +1,178 @@
+"""The 202 path of DELETE and the jobs API: the job at its Location, its
+result equal to the synchronous answer for the same tasks, every check of the
+request before the 202, and the list/get/cancel validation."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.helpers import URL, delete
+
+JOBS = "/api/v0/data_pipeline/jobs"
+
+
+async def finished(client: Any, location: str) -> dict[str, Any]:
+    for _ in range(200):
+        resp = await client.get(location)
+        assert resp.status == 200
+        job = (await resp.json())["data"]
+        if job["status"] not in ("queued", "running"):
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job still {job['status']}")
+
+
+def comparable(data: dict[str, Any]) -> dict[str, Any]:
+    """A DELETE's data without what differs between two runs (times)."""
+    strip = {"deleted_at", "duration_ms"}
+    return {
+        **{k: v for k, v in data.items() if k != "deleted_at"},
+        "deleted_tasks": [
+            {k: v for k, v in t.items() if k not in strip} for t in data["deleted_tasks"]
+        ],
+        "failed_tasks": [
+            {k: v for k, v in t.items() if k not in strip} for t in data["failed_tasks"]
+        ],
+    }
+
+
+@pytest.mark.parametrize("how", ["body", "header"])
+async def test_background_delete_answers_202_and_the_same_result(client, task_factory, how):
+    for name in ("a", "b"):
+        task_factory(f"task_{name}1", files=8)
+        task_factory(f"task_{name}2", files=8)
+    body = {"task_ids": ["task_a1", "task_a2", "task_missing"], "confirm": True}
+    headers = {}
+    if how == "body":
+        body["background"] = True
+    else:
+        headers["Prefer"] = "wait=5, respond-async"
+    resp = await client.request("DELETE", URL, json=body, headers=headers)
+    answer = await resp.json()
+    assert resp.status == 202, answer
+    assert answer["success"] is True and answer["code"] == 202
+    assert answer["message"] == "删除任务已提交后台执行"
+    job = answer["data"]
+    assert job["kind"] == "delete" and job["status"] in ("queued", "running")
+    assert job["request_id"] and job["actor"] == "anonymous"
+    location = resp.headers["Location"]
+    assert location == f"{JOBS}/{job['job_id']}"
+    if how == "header":
+        assert resp.headers["Preference-Applied"] == "respond-async"
+    job = await finished(client, location)
+    assert job["status"] == "partial" and job["finished_at"]
+    # The same request, synchronously, on the twin tasks.
+    status, sync = await delete(client, "task_b1", "task_b2", "task_missing")
+    assert status == 200
+    rename = {"task_b1": "task_a1", "task_b2": "task_a2"}
+    for t in sync["data"]["deleted_tasks"]:
+        t["task_id"] = rename[t["task_id"]]
+    assert comparable(job["result"]) == comparable(sync["data"])
+
+
+async def test_the_synchronous_delete_is_unchanged_without_background(client, task_factory):
+    task_factory("task_1")
+    status, body = await delete(client, "task_1", background=False)
+    assert status == 200 and body["data"]["summary"]["successfully_deleted"] == 1
+    resp = await client.get(JOBS)
+    assert (await resp.json())["data"]["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"task_ids": ["task_1"], "confirm": True, "background": "yes"}, 400),
+        ({"task_ids": ["task_1"], "confirm": False, "background": True}, 400),
+        ({"task_ids": ["task_1"], "confirm": True, "background": True, "forse": True}, 400),
+        ({"task_ids": [f"t{i}" for i in range(1001)], "confirm": True, "background": True}, 400),
+    ],
+)
+async def test_request_checks_come_before_the_202(client, schema, body, status):
+    resp = await client.request("DELETE", URL, json=body, headers={"Prefer": "respond-async"})
+    assert resp.status == status, await resp.json()
+    assert "Location" not in resp.headers
+    assert (await (await client.get(JOBS)).json())["data"]["total"] == 0
+
+
+async def test_an_unwritable_audit_is_a_503_before_the_202(client, task_factory, settings):
+    task_factory("task_1")
+    settings.audit_path.unlink(missing_ok=True)
+    settings.audit_path.mkdir()  # a directory where the audit file must be: not writable
+    try:
+        status, body = await delete(client, "task_1", background=True)
+    finally:
+        settings.audit_path.rmdir()
+    if status != 503:
+        pytest.skip("the audit stays open on its old descriptor here")
+    assert (await (await client.get(JOBS)).json())["data"]["total"] == 0
+
+
+async def test_jobs_list_newest_first_with_filters(client, task_factory):
+    for i in range(3):
+        task_factory(f"task_{i}")
+        resp = await client.request(
+            "DELETE", URL, json={"task_ids": [f"task_{i}"], "confirm": True, "background": True}
+        )
+        await finished(client, resp.headers["Location"])
+    body = await (await client.get(JOBS, params={"limit": "2"})).json()
+    data = body["data"]
+    assert data["total"] == 3 and data["limit"] == 2 and data["offset"] == 0
+    assert [j["result"]["deleted_tasks"][0]["task_id"] for j in data["jobs"]] == [
+        "task_2",
+        "task_1",
+    ]
+    data = (await (await client.get(JOBS, params={"kind": "cleanup"})).json())["data"]
+    assert data["total"] == 0 and data["jobs"] == []
+    data = (await (await client.get(JOBS, params={"status": "succeeded"})).json())["data"]
+    assert data["total"] == 3
+
+
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "101"}, "limit"),
+        ({"offset": "-1"}, "offset"),
+        ({"status": "done"}, "status"),
+        ({"kind": "purge"}, "kind"),
+    ],
+)
+async def test_jobs_list_validation(client, schema, query, name):
+    resp = await client.get(JOBS, params=query)
+    body = await resp.json()
+    assert resp.status == 400 and body["invalid_params"] == [name]
+
+
+async def test_jobs_list_refuses_unknown_parameters(client, schema):
+    resp = await client.get(JOBS, params={"stauts": "queued"})
+    body = await resp.json()
+    assert resp.status == 400 and body["unknown_params"] == ["stauts"]
+    assert body["message"] == "未知参数: stauts"
+
+
+@pytest.mark.parametrize("job_id", ["0123456789abcdef0123456789abcdef", "no.such", "x" * 65])
+async def test_an_unknown_job_is_404(client, schema, job_id):
+    for method, path in (("GET", f"{JOBS}/{job_id}"), ("POST", f"{JOBS}/{job_id}/cancel")):
+        resp = await client.request(method, path)
+        body = await resp.json()
+        assert resp.status == 404 and body["message"] == f"任务作业不存在: {job_id}", body
+
+
+async def test_cancel_answers_the_job(client, task_factory):
+    task_factory("task_1")
+    resp = await client.request(
+        "DELETE", URL, json={"task_ids": ["task_1"], "confirm": True, "background": True}
+    )
+    location = resp.headers["Location"]
+    resp = await client.post(f"{location}/cancel")
+    body = await resp.json()
+    assert resp.status == 200 and body["data"]["job_id"] == location.rsplit("/", 1)[1]
+    job = await finished(client, location)
+    # Either it had started (then it finishes) or it had not (then its task is skipped).
+    if job["status"] == "cancelled":
+        assert job["result"]["skipped_tasks"] == ["task_1"]
+    else:
+        assert job["status"] == "succeeded"
