@@ -96,7 +96,11 @@ def _like_prefix(prefix: str) -> str:
 
 
 async def matching(db: Database, selection: dict[str, Any], limit: int) -> tuple[list[str], int]:
-    """Up to ``limit`` selected ids, oldest first, and how many match in all."""
+    """Up to ``limit`` selected ids, oldest first, and how many match in all.
+    What ``selection`` leaves out takes the endpoint's defaults."""
+    from service.params import SELECTION_DEFAULTS  # see parse_schedules: params imports us
+
+    selection = {**SELECTION_DEFAULTS, **selection}
     prefix = selection["task_id_prefix"]
     rows = await db.query(
         _SELECT,
