@@ -42,6 +42,7 @@ from service.plugin_api import (
     SettingsError,
     TaskContext,
     TaskFailed,
+    fsync_dir,
     hookimpl,
     restore_tree,
 )
@@ -155,22 +156,13 @@ def write_archive(src: Path, dest: Path, fmt: str, level: int, min_free_bytes: i
         if found != written:
             raise ArchiveError(f"校验不符: 写入 {written}，读回 {found}（成员数, 字节数）")
         os.rename(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest.stat().st_size
     except (OSError, tarfile.TarError, EOFError) as e:
         raise ArchiveError(getattr(e, "strerror", None) or str(e)) from e
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the archive's rename durable: it survives a power loss, not only a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _add_tree(tar: tarfile.TarFile, src: Path) -> tuple[int, int]:

@@ -231,13 +231,7 @@ class Deleter:
         if task.directory_exists:
             stats = await asyncio.to_thread(self.trash.dry_run_stats, task.task_id)
             if stats.error_count:
-                raise TaskFailed(
-                    errors.PURGE_FAILED,
-                    f"目录无法完全删除: {stats.error_count} 个条目无法删除",
-                    deleted_files_count=stats.files,
-                    deleted_bytes=stats.bytes,
-                    errors=stats.errors,
-                )
+                raise _purge_failed(stats, "目录无法完全删除: {n} 个条目无法删除")
         records = task.options.delete_database_records and task.record is not None
         return _success(task, task.directory_exists, records, stats)
 
@@ -400,13 +394,7 @@ class Deleter:
         if stats.error_count:
             restored = await self._keep_remains(task, detached)
             where = "已放回任务目录" if restored else "留在回收区，由重启时的清理处理"
-            raise TaskFailed(
-                errors.PURGE_FAILED,
-                f"目录未能完全删除: {stats.error_count} 个条目无法删除，剩余内容{where}",
-                deleted_files_count=stats.files,
-                deleted_bytes=stats.bytes,
-                errors=stats.errors,
-            )
+            raise _purge_failed(stats, f"目录未能完全删除: {{n}} 个条目无法删除，剩余内容{where}")
         return stats
 
     async def _keep_remains(self, task: TaskContext, detached: Path) -> bool:
@@ -476,6 +464,17 @@ def batch_message(data: dict[str, Any]) -> tuple[str, str]:
     if summary["failed"] or summary["skipped"]:
         return "partial", "批量删除部分完成"
     return "succeeded", "任务目录删除成功"
+
+
+def _purge_failed(stats: fs.TreeStats, message: str) -> TaskFailed:
+    """PURGE_FAILED with what was removed and what was not (``{n}``: how many)."""
+    return TaskFailed(
+        errors.PURGE_FAILED,
+        message.format(n=stats.error_count),
+        deleted_files_count=stats.files,
+        deleted_bytes=stats.bytes,
+        errors=stats.errors,
+    )
 
 
 def _flatten(results: list[Veto | list[Veto]]) -> list[Veto]:

@@ -10,7 +10,7 @@ The hooks themselves, their order and their contracts: ``service/hookspecs.py``.
 from __future__ import annotations
 
 from service.errors import TaskFailed, Veto
-from service.fs import TreeStats
+from service.fs import TreeStats, fsync_dir
 from service.hookspecs import hookimpl
 from service.pipeline import BatchContext, DeleteOptions, TaskContext
 from service.restore import RestoreFailed, restore_tree
@@ -26,6 +26,7 @@ __all__ = [
     "TaskFailed",
     "TreeStats",
     "Veto",
+    "fsync_dir",
     "hookimpl",
     "restore_tree",
 ]
