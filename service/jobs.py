@@ -109,7 +109,11 @@ class JobQueue:
         ``selection`` for ``cleanup`` (resolved when the job starts)."""
         if kind not in KINDS:
             raise ValueError(f"unknown job kind: {kind}")
-        ids = list(dict.fromkeys(task_ids)) if task_ids is not None else None
+        # jsonb cannot hold U+0000. An id holding it is never valid (it fails with
+        # INVALID_TASK_ID's separator message either way), so it is kept escaped.
+        ids = None
+        if task_ids is not None:
+            ids = [t.replace("\x00", "\\u0000") for t in dict.fromkeys(task_ids)]
         rows = await self.db.query(
             f"INSERT INTO {JOBS} (job_id, kind, actor, request_id, client, options, selection,"
             " task_ids, progress, created_at)"

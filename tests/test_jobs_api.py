@@ -176,3 +176,15 @@ async def test_cancel_answers_the_job(client, task_factory):
         assert job["result"]["skipped_tasks"] == ["task_1"]
     else:
         assert job["status"] == "succeeded"
+
+
+async def test_a_background_delete_of_an_id_with_nul_reports_it_invalid(client, schema):
+    """jsonb cannot hold U+0000: the job keeps such an id escaped, and fails it
+    as the synchronous path does, never with a 500."""
+    resp = await client.delete(
+        URL, json={"task_ids": ["a\x00b", "../x"], "confirm": True, "background": True}
+    )
+    assert resp.status == 202
+    job = await finished(client, resp.headers["Location"])
+    failed = {t["error_code"] for t in job["result"]["failed_tasks"]}
+    assert failed == {"INVALID_TASK_ID"} and job["result"]["summary"]["failed"] == 2
