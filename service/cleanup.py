@@ -64,22 +64,35 @@ COUNT_BUDGET = 2.0
 # How often an instance looks for a due schedule.
 TICK = 1.0
 
-_SELECT = """
-    WITH candidates AS (
-        SELECT task_id, created_at,
-               row_number() OVER (ORDER BY created_at DESC NULLS LAST, task_id DESC) AS newest
-        FROM data_pipeline_tasks
-        WHERE status = ANY(%(statuses)s)
-          AND (%(db_name)s::text IS NULL OR db_name = %(db_name)s)
-          AND (%(prefix)s::text IS NULL OR task_id LIKE %(prefix)s ESCAPE '\\')
-          AND COALESCE(directory_exists, true) = %(directory_exists)s
+# The filters other than age and running steps: what keep_last counts among.
+_FILTERS = """
+    status = ANY(%(statuses)s)
+      AND (%(db_name)s::text IS NULL OR db_name = %(db_name)s)
+      AND (%(prefix)s::text IS NULL OR task_id LIKE %(prefix)s ESCAPE '\\')
+      AND COALESCE(directory_exists, true) = %(directory_exists)s
+    """
+# kept: the keep_last newest that pass the filters (the first rows of the
+# list's order index, dp_tasks_list_order_idx, which INCLUDEs the filters'
+# columns); selected: the rest that are old enough and have no running step (an
+# index-only scan of the same index up to the cut-off, the running steps from
+# their partial index). Nothing numbers or sorts every candidate; the oldest
+# ``limit`` come out of a top-N sort of the selected.
+_SELECT = f"""
+    WITH kept AS MATERIALIZED (
+        SELECT task_id FROM data_pipeline_tasks
+        WHERE {_FILTERS}
+        ORDER BY created_at DESC NULLS LAST, task_id DESC
+        LIMIT %(keep_last)s
+    ), selected AS MATERIALIZED (
+        SELECT task_id, created_at FROM data_pipeline_tasks c
+        WHERE {_FILTERS} AND c.created_at < %(cutoff)s
+          AND NOT EXISTS (SELECT 1 FROM kept k WHERE k.task_id = c.task_id)
+          AND NOT EXISTS (SELECT 1 FROM data_pipeline_task_steps s
+                          WHERE s.task_id = c.task_id AND s.step_status = 'running')
     )
-    SELECT task_id, count(*) OVER () AS matched
-    FROM candidates c
-    WHERE c.newest > %(keep_last)s AND c.created_at < %(cutoff)s
-      AND NOT EXISTS (SELECT 1 FROM data_pipeline_task_steps s
-                      WHERE s.task_id = c.task_id AND s.step_status = 'running')
-    ORDER BY c.created_at, c.task_id
+    SELECT task_id, (SELECT count(*) FROM selected) AS matched
+    FROM selected
+    ORDER BY created_at, task_id
     LIMIT %(limit)s
     """
 

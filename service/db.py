@@ -352,34 +352,64 @@ class Database:
         created_before: datetime | None = None,
         created_after: datetime | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
+        """One page, ordered ``created_at DESC NULLS LAST, task_id DESC``, and
+        the number of all matching tasks.
+
+        One statement (one snapshot), that reads the table for the page's rows
+        only: the count, and the ids of the page, come from
+        ``dp_tasks_list_order_idx`` (its key is the order, its INCLUDEd columns
+        the filters: an index-only scan). The ids are found from the nearer end:
+        a page in the second half is the same rows read backwards (``ASC NULLS
+        FIRST, task_id ASC`` is that index read backwards), with the offset
+        counted from the end, so that no page skips more than half the
+        matching rows. The rows are then read by primary key and put back in order.
+        """
         where: list[str] = []
-        args: list[Any] = []
+        args: dict[str, Any] = {"limit": limit, "offset": offset}
         # Both strict: a task created at exactly the given time is in neither.
         if created_before is not None:
-            where.append("created_at < %s")
-            args.append(created_before)
+            where.append("created_at < %(created_before)s")
+            args["created_before"] = created_before
         if created_after is not None:
-            where.append("created_at > %s")
-            args.append(created_after)
+            where.append("created_at > %(created_after)s")
+            args["created_after"] = created_after
         if status is not None:
-            where.append("status = %s")
-            args.append(status)
+            where.append("status = %(status)s")
+            args["status"] = status
         if directory_exists is not None:
-            where.append(f"{DIRECTORY_EXISTS} = %s")
-            args.append(directory_exists)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+            where.append(f"{DIRECTORY_EXISTS} = %(directory_exists)s")
+            args["directory_exists"] = directory_exists
+
+        def matching(*more: str) -> str:
+            conditions = [*where, *more]
+            return (
+                f"FROM data_pipeline_tasks WHERE {' AND '.join(conditions)}"
+                if conditions
+                else ("FROM data_pipeline_tasks")
+            )
+
+        n = "(SELECT n FROM total)"
+        near = f"{n} >= 2 * %(offset)s + %(limit)s"  # the page is in the first half
         rows = await self._rows(
-            f"SELECT {TASK_COLUMNS}, count(*) OVER () AS total_count"
-            f" FROM data_pipeline_tasks {clause}"
-            " ORDER BY created_at DESC NULLS LAST, task_id DESC LIMIT %s OFFSET %s",
-            [*args, limit, offset],
+            f"WITH total AS MATERIALIZED (SELECT count(*) AS n {matching()}),"
+            " page AS MATERIALIZED ("
+            f" (SELECT task_id {matching(near)}"
+            "  ORDER BY created_at DESC NULLS LAST, task_id DESC"
+            "  LIMIT %(limit)s OFFSET %(offset)s)"
+            " UNION ALL"
+            f" (SELECT task_id {matching(f'NOT ({near})')}"
+            "  ORDER BY created_at ASC NULLS FIRST, task_id ASC"
+            f"  LIMIT greatest(0, least(%(limit)s, {n} - %(offset)s))"
+            f"  OFFSET greatest(0, {n} - %(offset)s - %(limit)s)))"
+            f" SELECT {TASK_COLUMNS}, {n} AS total_count FROM data_pipeline_tasks"
+            " WHERE task_id = ANY(ARRAY(SELECT task_id FROM page))"
+            " ORDER BY created_at DESC NULLS LAST, task_id DESC",
+            args,
         )
         if rows:
             total = rows[0]["total_count"]
         else:  # a page past the end still reports the true total
-            total = (
-                await self._rows(f"SELECT count(*) AS n FROM data_pipeline_tasks {clause}", args)
-            )[0]["n"]
+            total = (await self._rows(f"SELECT count(*) AS n {matching()}", args))[0]["n"]
         for row in rows:
             del row["total_count"]
         return rows, total

@@ -99,12 +99,23 @@ CREATE_JOBS = f"""
     """
 # The two columns that deletion needs; an older pipeline database lacks them.
 ADDED_COLUMNS = {"directory_exists": "boolean DEFAULT true", "updated_at": "timestamp"}
+# Each index: its table and what follows ``ON <table>`` (columns, INCLUDE, WHERE).
 INDEXES = {
-    "dp_tasks_created_at_idx": (TASKS, "created_at DESC"),
-    "dp_task_steps_task_id_idx": (STEPS, "task_id"),
+    "dp_tasks_created_at_idx": (TASKS, "(created_at DESC)"),
+    "dp_task_steps_task_id_idx": (STEPS, "(task_id)"),
+    # The list's and the clean-up's order, exactly: a DESC index is NULLS FIRST,
+    # so ``created_at DESC`` alone cannot give ``DESC NULLS LAST``. The INCLUDEd
+    # columns are what their filters test, so that counting the matching rows and
+    # skipping to an offset read this index only (an index-only scan), never the table.
+    "dp_tasks_list_order_idx": (
+        TASKS,
+        "(created_at DESC NULLS LAST, task_id DESC) INCLUDE (status, directory_exists, db_name)",
+    ),
+    # The few running steps: what the clean-up's selection leaves out.
+    "dp_task_steps_running_idx": (STEPS, "(task_id) WHERE step_status = 'running'"),
     # Claiming looks up the queued and running jobs, oldest first.
-    "dptask_jobs_claim_idx": (JOBS, "status, created_at"),
-    "dptask_jobs_created_at_idx": (JOBS, "created_at DESC"),
+    "dptask_jobs_claim_idx": (JOBS, "(status, created_at)"),
+    "dptask_jobs_created_at_idx": (JOBS, "(created_at DESC)"),
 }
 
 # Scheduled clean-ups (service.cleanup): each schedule's last run, shared by every instance.
@@ -203,9 +214,9 @@ def missing_changes(catalog: dict[str, tuple[bool, list[str]]]) -> list[Change]:
     for table, create in ((JOBS, CREATE_JOBS), (SCHEDULES, CREATE_SCHEDULES)):
         if table not in present:
             changes.append(Change(f"table {table}", create))
-    for index, (table, columns) in INDEXES.items():
+    for index, (table, definition) in INDEXES.items():
         if index not in present:
-            sql = f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({columns})"
+            sql = f"CREATE INDEX IF NOT EXISTS {index} ON {table} {definition}"
             # A table created in this start-up is empty and nobody else's yet.
             locks = table if table in present else None
             changes.append(Change(f"index {index}", sql, locks, "ShareLock"))

@@ -258,3 +258,63 @@ def test_a_bad_schedule_stops_start_up_with_one_line(workdir, database_url, sche
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and key in lines[0] and "settings: cleanup" in lines[0], lines
+
+
+# The selection numbered every candidate (row_number) before; it now takes the
+# keep_last newest from the list's order index. Both must select the same ids.
+REFERENCE = """
+    WITH candidates AS (
+        SELECT task_id, created_at,
+               row_number() OVER (ORDER BY created_at DESC NULLS LAST, task_id DESC) AS newest
+        FROM data_pipeline_tasks
+        WHERE status = ANY(%(statuses)s)
+          AND (%(db_name)s::text IS NULL OR db_name = %(db_name)s)
+          AND COALESCE(directory_exists, true) = %(directory_exists)s
+    )
+    SELECT task_id FROM candidates c
+    WHERE c.newest > %(keep_last)s AND c.created_at < %(cutoff)s
+      AND NOT EXISTS (SELECT 1 FROM data_pipeline_task_steps s
+                      WHERE s.task_id = c.task_id AND s.step_status = 'running')
+    ORDER BY c.created_at, c.task_id
+    """
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [
+        {"keep_last": 0},
+        {"keep_last": 7},
+        {"keep_last": 7, "db_name": "db_1"},
+        {"keep_last": 1000},
+        {"keep_last": 3, "statuses": ["completed"], "directory_exists": False},
+    ],
+)
+async def test_the_selection_is_the_numbered_querys(client, schema, selection):
+    schema.rows(
+        "INSERT INTO data_pipeline_tasks (task_id, status, parameters, created_at, db_name,"
+        " directory_exists)"
+        " SELECT 'task_' || lpad(i::text, 3, '0'), (ARRAY['completed', 'failed'])[1 + i %% 2],"
+        "  '{}', CASE WHEN i %% 11 = 0 THEN NULL ELSE %s + (i / 3) * interval '1 hour' END,"
+        "  'db_' || (i %% 3), CASE WHEN i %% 7 = 0 THEN NULL ELSE i %% 4 <> 0 END"
+        " FROM generate_series(1, 150) AS i",
+        (T0,),
+    )
+    schema.rows(
+        "INSERT INTO data_pipeline_task_steps (task_id, step_name, step_status)"
+        " SELECT task_id, 'training_load', 'running' FROM data_pipeline_tasks"
+        " WHERE right(task_id, 1) = '5'"
+    )
+    body = {"created_before": (T0 + timedelta(hours=40)).isoformat(), **selection}
+    status, answer = await post(client, **body)
+    assert status == 200, answer
+    args = {
+        "statuses": ["completed", "failed"],
+        "db_name": None,
+        "directory_exists": True,
+        **selection,
+        "cutoff": T0 + timedelta(hours=40),
+    }
+    want = [r["task_id"] for r in schema.rows(REFERENCE, args)]
+    assert want or selection["keep_last"] == 1000
+    assert answer["data"]["matched"] == len(want)
+    assert answer["data"]["sample_task_ids"] == want[:100]

@@ -358,3 +358,85 @@ async def test_unknown_list_parameters_are_refused(client, schema, name):
     assert status == 400 and body["success"] is False
     assert body["message"] == f"未知参数: {name}" and body["unknown_params"] == [name]
     assert body["data"] is None
+
+
+# ---------------------------------------------------------------- the list's query plan
+# The page is found from the nearer end of the matching rows (service.db.list_tasks):
+# every page, at either end, past the end, with ties and NULLs, must be the one that
+# the plain query gives.
+
+
+def insert_mixed(pg, count=41):
+    """``count`` tasks: ties on created_at, some without one, NULL directory_exists."""
+    pg.rows(
+        "INSERT INTO data_pipeline_tasks (task_id, task_name, status, parameters, created_at,"
+        " db_name, directory_exists)"
+        " SELECT 'task_' || lpad(i::text, 3, '0'), 'n' || i,"
+        "  (ARRAY['completed', 'failed', 'pending'])[1 + i %% 3], '{}',"
+        "  CASE WHEN i %% 9 = 0 THEN NULL ELSE %s + (i / 4) * interval '1 minute' END,"
+        "  'db', CASE WHEN i %% 5 = 0 THEN NULL ELSE i %% 2 = 0 END"
+        " FROM generate_series(1, %s) AS i",
+        (T0, count),
+    )
+
+
+def expected(pg, where="", args=()):
+    return [
+        r["task_id"]
+        for r in pg.rows(
+            f"SELECT task_id FROM data_pipeline_tasks {where}"
+            " ORDER BY created_at DESC NULLS LAST, task_id DESC",
+            args,
+        )
+    ]
+
+
+FILTERS = [
+    ({}, "", ()),
+    ({"status": "completed"}, "WHERE status = 'completed'", ()),
+    ({"directory_exists": "true"}, "WHERE COALESCE(directory_exists, true)", ()),
+    (
+        {"directory_exists": "false", "status": "failed"},
+        "WHERE NOT COALESCE(directory_exists, true) AND status = 'failed'",
+        (),
+    ),
+    (
+        {"created_after": (T0 + timedelta(minutes=2)).isoformat()},
+        "WHERE created_at > %s",
+        (T0 + timedelta(minutes=2),),
+    ),
+    (
+        {
+            "created_before": (T0 + timedelta(minutes=8)).isoformat(),
+            "created_after": T0.isoformat(),
+            "status": "pending",
+        },
+        "WHERE created_at < %s AND created_at > %s AND status = 'pending'",
+        (T0 + timedelta(minutes=8), T0),
+    ),
+]
+
+
+@pytest.mark.parametrize("query, where, args", FILTERS)
+async def test_every_page_is_the_plain_querys_with_its_total(client, schema, query, where, args):
+    insert_mixed(schema)
+    everything = expected(schema, where, args)
+    assert everything  # each filter matches some
+    total = len(everything)
+    for limit in (1, 3, 7, 100):
+        for offset in sorted({0, 1, 2, total // 2 - 1, total // 2, total - 3, total - 1, total}):
+            if offset < 0:
+                continue
+            status, body = await get(client, limit=limit, offset=offset, **query)
+            assert status == 200, body
+            assert body["data"]["total"] == total, (limit, offset)
+            assert ids(body) == everything[offset : offset + limit], (limit, offset)
+        status, body = await get(client, limit=limit, offset=total + 5, **query)
+        assert body["data"]["tasks"] == [] and body["data"]["total"] == total
+
+
+async def test_a_filter_matching_nothing_is_empty_with_total_zero(client, schema):
+    insert_mixed(schema)
+    status, body = await get(client, status="in_progress")
+    assert status == 200
+    assert body["data"]["tasks"] == [] and body["data"]["total"] == 0
