@@ -155,21 +155,23 @@ async def dry_run(db: Database, trash: Trash, selection: dict[str, Any]) -> dict
 
 
 async def count_files(trash: Trash, task_ids: list[str]) -> tuple[int, int, bool]:
-    """Files and bytes under the tasks' directories, walked one at a time
-    (nothing removed) within ``COUNT_BUDGET``; False when the budget ran out.
-    A walk in flight when it does finishes in its thread, unwaited."""
+    """Files and bytes under the tasks' directories (nothing removed), walked
+    one after another in one worker thread within ``COUNT_BUDGET``; False when
+    the budget ran out (the counts are then those walked so far). A walk in
+    flight when it does finishes in its thread, unwaited."""
     deadline = time.monotonic() + COUNT_BUDGET
     total = fs.TreeStats()
+    walk = asyncio.ensure_future(asyncio.to_thread(_count, trash, task_ids, deadline, total))
+    done, _ = await asyncio.wait([walk], timeout=COUNT_BUDGET)
+    return total.files, total.bytes, bool(done) and walk.result()
+
+
+def _count(trash: Trash, task_ids: list[str], deadline: float, total: fs.TreeStats) -> bool:
     for task_id in task_ids:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return total.files, total.bytes, False
-        walk = asyncio.ensure_future(asyncio.to_thread(_stats, trash, task_id))
-        done, _ = await asyncio.wait([walk], timeout=left)
-        if not done:
-            return total.files, total.bytes, False
-        total.add(walk.result())
-    return total.files, total.bytes, True
+        if time.monotonic() > deadline:
+            return False
+        total.add(_stats(trash, task_id))
+    return True
 
 
 def _stats(trash: Trash, task_id: str) -> fs.TreeStats:
