@@ -372,7 +372,9 @@ class JobQueue:
         async def one(task_id: str) -> bool:
             if run.stopping or run.lost:
                 return True
-            if task_id in stored:  # started by an instance that died: settle first
+            if task_id in stored and not batch.options.dry_run:
+                # started by an instance that died: settle first (a dry run
+                # moved nothing, so it only runs again: it must change nothing)
                 outcome = await self._resume(task_id, batch)
             else:
                 await self._update(

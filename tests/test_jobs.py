@@ -299,3 +299,26 @@ async def test_a_queued_job_cancelled_skips_every_task(client: Any, task_factory
     assert (base_dir / "q1").exists() and (base_dir / "q2").exists()
     assert (await queue.get(waiting["job_id"]))["status"] == "cancelled"  # never claimed
     assert (await queue.counts())["cancelled"] == 1
+
+
+async def test_a_dry_run_job_taken_over_changes_nothing(client: Any, schema: Pg, base_dir: Path):
+    """A dry-run job whose instance died mid-task is taken over: the task is
+    dry-run again, never settled as a real deletion would be. Its record says
+    the directory is gone (a deletion committed long ago) and a tree of it
+    waits in the trash: the dry run must neither purge that tree nor report
+    the task deleted."""
+    insert_task(schema, "dr1", directory_exists=False)
+    leftover = base_dir / ".trash" / f"{uuid.uuid4().hex}.dr1"
+    make_task_dir(leftover.parent, leftover.name, files=3)
+    job_id = insert_job(schema, ["dr1"], dry_run=True)
+    schema.rows(
+        "UPDATE dptask_jobs SET status = 'running', owner = 'gone:1:dead',"
+        " heartbeat_at = now() - interval '1 hour', started_at = %s,"
+        " results = %s::jsonb WHERE job_id = %s",
+        (datetime.now(), json.dumps({"dr1": {"started": True}}), job_id),
+    )
+    job = await finished(client, job_id)
+    assert [t["task_id"] for t in job["result"]["failed_tasks"]] == ["dr1"], job["result"]
+    assert job["result"]["failed_tasks"][0]["error_code"] == "DELETE_FAILED"
+    assert job["result"]["deleted_tasks"] == []
+    assert leftover.is_dir() and len(list(leftover.iterdir())) == 3  # untouched
