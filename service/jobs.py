@@ -370,12 +370,16 @@ class JobQueue:
         pending = [i for i in ids if i not in results]
 
         async def one(task_id: str) -> bool:
-            if run.stopping or run.lost:
+            # Started by an instance that died: settle first, even when
+            # stopping (that starts nothing new). A dry run moved nothing, so
+            # it only runs again: it must change nothing.
+            resume = task_id in stored and not batch.options.dry_run
+            if run.lost or (run.stopping and not resume):
                 return True
-            if task_id in stored and not batch.options.dry_run:
-                # started by an instance that died: settle first (a dry run
-                # moved nothing, so it only runs again: it must change nothing)
+            if resume:
                 outcome = await self._resume(task_id, batch)
+                if outcome is None and run.stopping:
+                    return True  # never committed, back in place: not run again
             else:
                 await self._update(
                     run,
@@ -406,7 +410,7 @@ class JobQueue:
             await asyncio.gather(*(limited(i) for i in pending))
         else:
             for task_id in pending:
-                if run.stopping or run.lost or not await one(task_id):
+                if run.lost or not await one(task_id):
                     break
 
     async def _resume(

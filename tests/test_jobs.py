@@ -322,3 +322,40 @@ async def test_a_dry_run_job_taken_over_changes_nothing(client: Any, schema: Pg,
     assert job["result"]["failed_tasks"][0]["error_code"] == "DELETE_FAILED"
     assert job["result"]["deleted_tasks"] == []
     assert leftover.is_dir() and len(list(leftover.iterdir())) == 3  # untouched
+
+
+async def test_a_cancelled_job_taken_over_settles_its_tasks_in_flight(
+    client: Any, schema: Pg, base_dir: Path, settings
+):
+    """A job cancelled after its instance died mid-task: the tasks that were
+    in flight are settled all the same (cancelling starts no new task; it
+    does not forget one under way). One had committed: it is reported
+    deleted, with its audit line, and its tree purged. The other had not:
+    its tree goes back into place and it is skipped."""
+    insert_task(schema, "cx1", directory_exists=False)  # committed when the instance died
+    insert_task(schema, "cx2")  # detached, not committed
+    trash = base_dir / ".trash"
+    committed = trash / f"{uuid.uuid4().hex}.cx1"
+    uncommitted = trash / f"{uuid.uuid4().hex}.cx2"
+    make_task_dir(trash, committed.name, files=3)
+    make_task_dir(trash, uncommitted.name, files=3)
+    job_id = insert_job(schema, ["cx1", "cx2", "cx3"])
+    schema.rows(
+        "UPDATE dptask_jobs SET status = 'running', owner = 'gone:1:dead', cancel_requested = true,"
+        " heartbeat_at = now() - interval '1 hour', started_at = %s,"
+        " results = %s::jsonb WHERE job_id = %s",
+        (
+            datetime.now(),
+            json.dumps({"cx1": {"started": True}, "cx2": {"started": True}}),
+            job_id,
+        ),
+    )
+    job = await finished(client, job_id)
+    result = job["result"]
+    assert job["status"] == "cancelled"
+    assert [t["task_id"] for t in result["deleted_tasks"]] == ["cx1"], result
+    assert sorted(result["skipped_tasks"]) == ["cx2", "cx3"], result
+    assert not committed.exists()
+    assert (base_dir / "cx2").is_dir() and not uncommitted.exists()
+    deletes = [x for x in audit_lines(settings) if x["event"] == "task_delete"]
+    assert [x["task_id"] for x in deletes] == ["cx1"]
