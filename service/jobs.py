@@ -405,9 +405,18 @@ class JobQueue:
 
             async def limited(task_id: str) -> None:
                 async with limit:
-                    await one(task_id)
+                    try:
+                        await one(task_id)
+                    except Exception:
+                        run.stopping = True  # no new task behind a job that gives up
+                        raise
 
-            await asyncio.gather(*(limited(i) for i in pending))
+            # Every task ends before the job gives up on an error: none may go
+            # on running behind it while another runner takes the job over.
+            done = await asyncio.gather(*(limited(i) for i in pending), return_exceptions=True)
+            for failure in done:
+                if isinstance(failure, BaseException):
+                    raise failure
         else:
             for task_id in pending:
                 if run.lost or not await one(task_id):

@@ -359,3 +359,48 @@ async def test_a_cancelled_job_taken_over_settles_its_tasks_in_flight(
     assert (base_dir / "cx2").is_dir() and not uncommitted.exists()
     deletes = [x for x in audit_lines(settings) if x["event"] == "task_delete"]
     assert [x["task_id"] for x in deletes] == ["cx1"]
+
+
+class SlowFirst:
+    """The first task of the job takes a while, the others do not."""
+
+    @hookimpl
+    async def dptask_before_removal(self, task: TaskContext) -> None:
+        if task.task_id == "o1":
+            await asyncio.sleep(4)
+
+
+@pytest.mark.parametrize("settings_text", ["[jobs]\nlease_seconds = 1\n"])
+@pytest.mark.parametrize("plugins", [[SlowFirst()]])
+async def test_a_failed_result_write_leaves_no_task_running_behind_the_job(
+    client: Any, task_factory, base_dir: Path, settings
+):
+    """Writing one task's outcome into the job's row fails once (a real
+    database error). The job is abandoned and taken over after its lease,
+    but the tasks it had in flight must not go on running behind it: each
+    task is deleted by one runner, and none fails TASK_LOCKED against the
+    job's own orphan."""
+    ids = ["o1", "o2", "o3", "o4", "o5", "o6"]
+    for task_id in ids:
+        task_factory(task_id)
+    pg = Pg(settings.database_url)
+    pg.rows("CREATE SEQUENCE IF NOT EXISTS dptask_test_once")
+    pg.rows("SELECT setval('dptask_test_once', 1, false)")
+    pg.rows(
+        "CREATE OR REPLACE FUNCTION dptask_test_fail_once() RETURNS trigger AS $$ BEGIN"
+        " IF (NEW.results -> 'o2') ? 'entry' THEN IF nextval('dptask_test_once') = 1 THEN"
+        " RAISE EXCEPTION 'refused once'; END IF; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+    )
+    pg.rows(
+        "CREATE TRIGGER dptask_test_fail_once BEFORE UPDATE ON dptask_jobs"
+        " FOR EACH ROW EXECUTE FUNCTION dptask_test_fail_once()"
+    )
+    job = await submit(client, ids)
+    done = await finished(client, job["job_id"])
+    result = done["result"]
+    assert result["failed_tasks"] == [], result["failed_tasks"]
+    assert sorted(t["task_id"] for t in result["deleted_tasks"]) == ids
+    assert all(not (base_dir / t).exists() for t in ids)
+    deletes = [x for x in audit_lines(settings) if x["event"] == "task_delete"]
+    assert all(x["outcome"] == "deleted" for x in deletes), deletes
+    pg.close()
