@@ -175,7 +175,13 @@ class JobQueue:
             else:
                 ids = row["task_ids"] or []
                 now = datetime.now()
-                data = batch_data(ids, [None] * len(ids), now, row["options"]["dry_run"])
+                # A job a drain put back may have finished some tasks already.
+                stored = row["results"] or {}
+                done = [
+                    (stored[i]["ok"], stored[i]["entry"]) if "entry" in stored.get(i, {}) else None
+                    for i in ids
+                ]
+                data = batch_data(ids, done, now, row["options"]["dry_run"])
                 await q(
                     f"UPDATE {JOBS} SET cancel_requested = true, status = 'cancelled',"
                     " finished_at = %s, result = %s::jsonb WHERE job_id = %s",

@@ -404,3 +404,30 @@ async def test_a_failed_result_write_leaves_no_task_running_behind_the_job(
     deletes = [x for x in audit_lines(settings) if x["event"] == "task_delete"]
     assert all(x["outcome"] == "deleted" for x in deletes), deletes
     pg.close()
+
+
+@pytest.mark.parametrize("settings_text", ["[jobs]\nconcurrency = 1\n"])
+@pytest.mark.parametrize("plugins", [[Slow()]])
+async def test_a_requeued_job_cancelled_keeps_the_tasks_it_finished(
+    client: Any, task_factory, schema: Pg
+):
+    """A job a drain put back to queued has finished some tasks; cancelling it
+    before another runner takes it must report those as they ended, not as
+    skipped (they were deleted)."""
+    for task_id in ("w1", "w2", "w3"):
+        task_factory(task_id)
+    queue: JobQueue = client.app[appkeys.JOBS]
+    busy = await submit(client, ["w1", "w2", "w3"], continue_on_error=False)
+    job_id = insert_job(schema, ["d1", "d2"])
+    entry = {"success": True, "task_id": "d1", "directory_deleted": True}
+    schema.rows(
+        "UPDATE dptask_jobs SET started_at = %s, results = %s::jsonb WHERE job_id = %s",
+        (datetime.now(), json.dumps({"d1": {"ok": True, "entry": entry}}), job_id),
+    )
+    assert (await queue.get(job_id))["status"] == "queued"  # the busy job holds the runner
+    cancelled = await queue.cancel(job_id)
+    assert cancelled is not None and cancelled["status"] == "cancelled"
+    result = cancelled["result"]
+    assert [t["task_id"] for t in result["deleted_tasks"]] == ["d1"], result
+    assert result["skipped_tasks"] == ["d2"]
+    await finished(client, busy["job_id"])
