@@ -54,6 +54,7 @@ from service.errors import BadRequest
 if TYPE_CHECKING:
     from service.db import Database
     from service.jobs import JobQueue
+    from service.settings import Settings
     from service.trash import Trash
 
 log = structlog.get_logger("service")
@@ -138,10 +139,16 @@ async def select_task_ids(
     return ids, matched > len(ids)
 
 
-async def dry_run(db: Database, trash: Trash, selection: dict[str, Any]) -> dict[str, Any]:
+async def dry_run(
+    db: Database, trash: Trash, selection: dict[str, Any], settings: Settings
+) -> dict[str, Any]:
     """What a real run of ``selection`` would delete, changing nothing."""
+    from service.pipeline import id_problem  # at run time: pipeline imports settings, us
+
     ids, matched = await matching(db, selection, selection["max_tasks"])
-    files, size, counted = await count_files(trash, ids)
+    # An id the real run refuses (INVALID_TASK_ID) names no directory to count.
+    valid = [i for i in ids if id_problem(i, settings) is None]
+    files, size, counted = await count_files(trash, valid)
     return {
         "dry_run": True,
         "matched": matched,

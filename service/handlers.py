@@ -123,7 +123,7 @@ async def cleanup_tasks(request: web.Request) -> web.Response:
     selection, options = await params.cleanup_body(request, settings.max_task_ids)
     db = request.app[appkeys.DB]
     if options.dry_run:
-        data = await cleanup.dry_run(db, request.app[appkeys.TRASH], selection)
+        data = await cleanup.dry_run(db, request.app[appkeys.TRASH], selection, settings)
         return envelope(200, "清理预演完成，未删除任何内容", data)
     await request.app[appkeys.DELETER].ready_to_delete()
     ids, more = await cleanup.select_task_ids(db, selection, selection["max_tasks"])

@@ -179,7 +179,13 @@ class JobQueue:
             else:
                 ids = row["task_ids"] or []
                 now = datetime.now()
-                data = batch_data(ids, [None] * len(ids), now, row["options"]["dry_run"])
+                # A job a drain put back may have finished some tasks already.
+                stored = row["results"] or {}
+                done = [
+                    (stored[i]["ok"], stored[i]["entry"]) if "entry" in stored.get(i, {}) else None
+                    for i in ids
+                ]
+                data = batch_data(ids, done, now, row["options"]["dry_run"])
                 await q(
                     f"UPDATE {JOBS} SET cancel_requested = true, status = 'cancelled',"
                     " finished_at = %s, result = %s::jsonb WHERE job_id = %s",
@@ -374,10 +380,16 @@ class JobQueue:
         pending = [i for i in ids if i not in results]
 
         async def one(task_id: str) -> bool:
-            if run.stopping or run.lost:
+            # Started by an instance that died: settle first, even when
+            # stopping (that starts nothing new). A dry run moved nothing, so
+            # it only runs again: it must change nothing.
+            resume = task_id in stored and not batch.options.dry_run
+            if run.lost or (run.stopping and not resume):
                 return True
-            if task_id in stored:  # started by an instance that died: settle first
+            if resume:
                 outcome = await self._resume(task_id, batch)
+                if outcome is None and run.stopping:
+                    return True  # never committed, back in place: not run again
             else:
                 await self._update(
                     run,
@@ -403,12 +415,21 @@ class JobQueue:
 
             async def limited(task_id: str) -> None:
                 async with limit:
-                    await one(task_id)
+                    try:
+                        await one(task_id)
+                    except Exception:
+                        run.stopping = True  # no new task behind a job that gives up
+                        raise
 
-            await asyncio.gather(*(limited(i) for i in pending))
+            # Every task ends before the job gives up on an error: none may go
+            # on running behind it while another runner takes the job over.
+            done = await asyncio.gather(*(limited(i) for i in pending), return_exceptions=True)
+            for failure in done:
+                if isinstance(failure, BaseException):
+                    raise failure
         else:
             for task_id in pending:
-                if run.stopping or run.lost or not await one(task_id):
+                if run.lost or not await one(task_id):
                     break
 
     async def _resume(

@@ -261,6 +261,13 @@ class Deleter:
                     if detached is not None:
                         restored, detached = await self._reattach(task, detached), None
                     raise
+        except asyncio.CancelledError:
+            # Cancelled during the COMMIT (the body's own cancellation put the
+            # tree back above): its outcome is unknown, so settle the tree by
+            # its record once the lock is free, as for a CommitUnknown.
+            if detached is not None:
+                self._settle_later(task, detached)
+            raise
         except CommitUnknown as e:
             # The server may still carry the COMMIT out: read the record back.
             committed = await self._committed(task)
@@ -370,10 +377,12 @@ class Deleter:
         async def settle_when_answered() -> None:
             while True:
                 try:
-                    outcome = await settle(self.trash, self.db, entry, purge=True)
+                    outcome = await settle(
+                        self.trash, self.db, entry, purge=True, wait_for_lock=True
+                    )
                     log.info("commit_settled", task_id=task.task_id, outcome=outcome)
                     return
-                except DatabaseError:
+                except (DatabaseError, TaskLocked):  # the COMMIT's session may still hold it
                     await asyncio.sleep(5)
 
         job = asyncio.create_task(settle_when_answered())

@@ -303,14 +303,17 @@ def deletion_committed(record: dict[str, Any] | None) -> bool:
     return record is None or record["directory_exists"] is not True
 
 
-async def settle(trash: Trash, db: Database, entry: Entry, *, purge: bool) -> Outcome:
+async def settle(
+    trash: Trash, db: Database, entry: Entry, *, purge: bool, wait_for_lock: bool = False
+) -> Outcome:
     """Under the task's lock, decide a tree's fate by its record.
 
     A record that says the directory exists means the tree's deletion was
     never committed (or its restore was): it goes into place, unless
     something already is there (``left``). Any other tree is committed as
     gone: purged when ``purge`` (outside the lock: nobody reads it again),
-    else ``committed``. ``left`` also when another process holds the lock.
+    else ``committed``. ``left`` also when another process holds the lock
+    (``TaskLocked`` instead with ``wait_for_lock``: the caller tries again).
     """
     try:
         async with db.task_transaction(entry.task_id) as tx:
@@ -318,6 +321,8 @@ async def settle(trash: Trash, db: Database, entry: Entry, *, purge: bool) -> Ou
                 await asyncio.to_thread(trash.reattach, entry.label, entry.task_id)
                 return "restored"
     except TaskLocked:
+        if wait_for_lock:
+            raise
         return "left"
     except FileExistsError:
         log.error("trash_conflict", task_id=entry.task_id, trash=str(entry.label))

@@ -318,3 +318,17 @@ async def test_the_selection_is_the_numbered_querys(client, schema, selection):
     assert want or selection["keep_last"] == 1000
     assert answer["data"]["matched"] == len(want)
     assert answer["data"]["sample_task_ids"] == want[:100]
+
+
+async def test_a_dry_run_counts_only_what_a_real_run_could_delete(client, schema, base_dir):
+    """The pipeline's table may hold ids the service refuses (INVALID_TASK_ID
+    in a real run): a clean-up dry run neither fails on them nor counts a
+    directory the real run would never touch."""
+    ids = old_tasks(schema, base_dir, 2)
+    for odd in (".hidden", "a\\b", "Has space"):
+        insert_task(schema, odd, created_at=T0)
+        make_task_dir(base_dir, odd, files=3, size=10)
+    status, body = await post(client, older_than_days=1)
+    assert status == 200, body
+    per_task = sum(1 for p in (base_dir / ids[0]).rglob("*") if p.is_file())
+    assert body["data"]["files"] == 2 * per_task, body["data"]

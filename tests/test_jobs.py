@@ -299,3 +299,135 @@ async def test_a_queued_job_cancelled_skips_every_task(client: Any, task_factory
     assert (base_dir / "q1").exists() and (base_dir / "q2").exists()
     assert (await queue.get(waiting["job_id"]))["status"] == "cancelled"  # never claimed
     assert (await queue.counts())["cancelled"] == 1
+
+
+async def test_a_dry_run_job_taken_over_changes_nothing(client: Any, schema: Pg, base_dir: Path):
+    """A dry-run job whose instance died mid-task is taken over: the task is
+    dry-run again, never settled as a real deletion would be. Its record says
+    the directory is gone (a deletion committed long ago) and a tree of it
+    waits in the trash: the dry run must neither purge that tree nor report
+    the task deleted."""
+    insert_task(schema, "dr1", directory_exists=False)
+    leftover = base_dir / ".trash" / f"{uuid.uuid4().hex}.dr1"
+    make_task_dir(leftover.parent, leftover.name, files=3)
+    job_id = insert_job(schema, ["dr1"], dry_run=True)
+    schema.rows(
+        "UPDATE dptask_jobs SET status = 'running', owner = 'gone:1:dead',"
+        " heartbeat_at = now() - interval '1 hour', started_at = %s,"
+        " results = %s::jsonb WHERE job_id = %s",
+        (datetime.now(), json.dumps({"dr1": {"started": True}}), job_id),
+    )
+    job = await finished(client, job_id)
+    assert [t["task_id"] for t in job["result"]["failed_tasks"]] == ["dr1"], job["result"]
+    assert job["result"]["failed_tasks"][0]["error_code"] == "DELETE_FAILED"
+    assert job["result"]["deleted_tasks"] == []
+    assert leftover.is_dir() and len(list(leftover.iterdir())) == 3  # untouched
+
+
+async def test_a_cancelled_job_taken_over_settles_its_tasks_in_flight(
+    client: Any, schema: Pg, base_dir: Path, settings
+):
+    """A job cancelled after its instance died mid-task: the tasks that were
+    in flight are settled all the same (cancelling starts no new task; it
+    does not forget one under way). One had committed: it is reported
+    deleted, with its audit line, and its tree purged. The other had not:
+    its tree goes back into place and it is skipped."""
+    insert_task(schema, "cx1", directory_exists=False)  # committed when the instance died
+    insert_task(schema, "cx2")  # detached, not committed
+    trash = base_dir / ".trash"
+    committed = trash / f"{uuid.uuid4().hex}.cx1"
+    uncommitted = trash / f"{uuid.uuid4().hex}.cx2"
+    make_task_dir(trash, committed.name, files=3)
+    make_task_dir(trash, uncommitted.name, files=3)
+    job_id = insert_job(schema, ["cx1", "cx2", "cx3"])
+    schema.rows(
+        "UPDATE dptask_jobs SET status = 'running', owner = 'gone:1:dead', cancel_requested = true,"
+        " heartbeat_at = now() - interval '1 hour', started_at = %s,"
+        " results = %s::jsonb WHERE job_id = %s",
+        (
+            datetime.now(),
+            json.dumps({"cx1": {"started": True}, "cx2": {"started": True}}),
+            job_id,
+        ),
+    )
+    job = await finished(client, job_id)
+    result = job["result"]
+    assert job["status"] == "cancelled"
+    assert [t["task_id"] for t in result["deleted_tasks"]] == ["cx1"], result
+    assert sorted(result["skipped_tasks"]) == ["cx2", "cx3"], result
+    assert not committed.exists()
+    assert (base_dir / "cx2").is_dir() and not uncommitted.exists()
+    deletes = [x for x in audit_lines(settings) if x["event"] == "task_delete"]
+    assert [x["task_id"] for x in deletes] == ["cx1"]
+
+
+class SlowFirst:
+    """The first task of the job takes a while, the others do not."""
+
+    @hookimpl
+    async def dptask_before_removal(self, task: TaskContext) -> None:
+        if task.task_id == "o1":
+            await asyncio.sleep(4)
+
+
+@pytest.mark.parametrize("settings_text", ["[jobs]\nlease_seconds = 1\n"])
+@pytest.mark.parametrize("plugins", [[SlowFirst()]])
+async def test_a_failed_result_write_leaves_no_task_running_behind_the_job(
+    client: Any, task_factory, base_dir: Path, settings
+):
+    """Writing one task's outcome into the job's row fails once (a real
+    database error). The job is abandoned and taken over after its lease,
+    but the tasks it had in flight must not go on running behind it: each
+    task is deleted by one runner, and none fails TASK_LOCKED against the
+    job's own orphan."""
+    ids = ["o1", "o2", "o3", "o4", "o5", "o6"]
+    for task_id in ids:
+        task_factory(task_id)
+    pg = Pg(settings.database_url)
+    pg.rows("CREATE SEQUENCE IF NOT EXISTS dptask_test_once")
+    pg.rows("SELECT setval('dptask_test_once', 1, false)")
+    pg.rows(
+        "CREATE OR REPLACE FUNCTION dptask_test_fail_once() RETURNS trigger AS $$ BEGIN"
+        " IF (NEW.results -> 'o2') ? 'entry' THEN IF nextval('dptask_test_once') = 1 THEN"
+        " RAISE EXCEPTION 'refused once'; END IF; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+    )
+    pg.rows(
+        "CREATE TRIGGER dptask_test_fail_once BEFORE UPDATE ON dptask_jobs"
+        " FOR EACH ROW EXECUTE FUNCTION dptask_test_fail_once()"
+    )
+    job = await submit(client, ids)
+    done = await finished(client, job["job_id"])
+    result = done["result"]
+    assert result["failed_tasks"] == [], result["failed_tasks"]
+    assert sorted(t["task_id"] for t in result["deleted_tasks"]) == ids
+    assert all(not (base_dir / t).exists() for t in ids)
+    deletes = [x for x in audit_lines(settings) if x["event"] == "task_delete"]
+    assert all(x["outcome"] == "deleted" for x in deletes), deletes
+    pg.close()
+
+
+@pytest.mark.parametrize("settings_text", ["[jobs]\nconcurrency = 1\n"])
+@pytest.mark.parametrize("plugins", [[Slow()]])
+async def test_a_requeued_job_cancelled_keeps_the_tasks_it_finished(
+    client: Any, task_factory, schema: Pg
+):
+    """A job a drain put back to queued has finished some tasks; cancelling it
+    before another runner takes it must report those as they ended, not as
+    skipped (they were deleted)."""
+    for task_id in ("w1", "w2", "w3"):
+        task_factory(task_id)
+    queue: JobQueue = client.app[appkeys.JOBS]
+    busy = await submit(client, ["w1", "w2", "w3"], continue_on_error=False)
+    job_id = insert_job(schema, ["d1", "d2"])
+    entry = {"success": True, "task_id": "d1", "directory_deleted": True}
+    schema.rows(
+        "UPDATE dptask_jobs SET started_at = %s, results = %s::jsonb WHERE job_id = %s",
+        (datetime.now(), json.dumps({"d1": {"ok": True, "entry": entry}}), job_id),
+    )
+    assert (await queue.get(job_id))["status"] == "queued"  # the busy job holds the runner
+    cancelled = await queue.cancel(job_id)
+    assert cancelled is not None and cancelled["status"] == "cancelled"
+    result = cancelled["result"]
+    assert [t["task_id"] for t in result["deleted_tasks"]] == ["d1"], result
+    assert result["skipped_tasks"] == ["d2"]
+    await finished(client, busy["job_id"])

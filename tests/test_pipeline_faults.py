@@ -248,3 +248,44 @@ async def test_a_commit_lost_to_a_hung_database_is_read_back(
         assert tree_snapshot(task_dir) == before
     assert trash_is_empty(base_dir)
     assert "内部错误" not in json.dumps(body, ensure_ascii=False)
+
+
+async def test_a_deletion_cancelled_during_its_commit_leaves_no_tree_stranded(
+    client, task_factory, base_dir: Path, pg: Pg
+):
+    """A deletion cancelled (a drain's grace over, a shutdown) while its
+    COMMIT is under way cannot know the outcome: the connection is closed and
+    the server rolls back here (a deferred trigger fails after a pause). The
+    tree must not stay in the trash with a record that says it is in place:
+    once the lock is free it goes back, as for any unknown COMMIT."""
+    from service.pipeline import BatchContext, DeleteOptions
+
+    task_factory("cc1", files=4)
+    before = tree_snapshot(base_dir / "cc1")
+    pg.rows(
+        "CREATE OR REPLACE FUNCTION dptask_test_slow_fail() RETURNS trigger AS $$"
+        " BEGIN PERFORM pg_sleep(2); RAISE EXCEPTION 'refused at commit'; END $$"
+        " LANGUAGE plpgsql"
+    )
+    pg.rows(
+        "CREATE CONSTRAINT TRIGGER dptask_test_slow_commit AFTER UPDATE ON data_pipeline_tasks"
+        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION dptask_test_slow_fail()"
+    )
+    deleter = client.app[appkeys.DELETER]
+    batch = BatchContext(["cc1"], DeleteOptions(), "req-cancel", "127.0.0.1")
+    deleting = asyncio.create_task(deleter.delete_one("cc1", batch))
+    deadline = time.monotonic() + 10
+    while (base_dir / "cc1").exists():  # detached: the COMMIT follows at once
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.7)  # inside the COMMIT's two seconds
+    deleting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await deleting
+    deadline = time.monotonic() + 20
+    while not (base_dir / "cc1").exists():
+        assert time.monotonic() < deadline, "the tree stayed in the trash"
+        await asyncio.sleep(0.1)
+    assert pg.task("cc1")["directory_exists"] is True
+    assert tree_snapshot(base_dir / "cc1") == before
+    assert trash_is_empty(base_dir)
