@@ -175,7 +175,13 @@ class JobQueue:
             else:
                 ids = row["task_ids"] or []
                 now = datetime.now()
-                data = batch_data(ids, [None] * len(ids), now, row["options"]["dry_run"])
+                # A job put back by a drain keeps the tasks it finished: not skipped.
+                done = row["results"] or {}
+                ordered = [
+                    (v["ok"], v["entry"]) if "entry" in (v := done.get(i) or {}) else None
+                    for i in ids
+                ]
+                data = batch_data(ids, ordered, now, row["options"]["dry_run"])
                 await q(
                     f"UPDATE {JOBS} SET cancel_requested = true, status = 'cancelled',"
                     " finished_at = %s, result = %s::jsonb WHERE job_id = %s",

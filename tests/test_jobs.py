@@ -299,3 +299,27 @@ async def test_a_queued_job_cancelled_skips_every_task(client: Any, task_factory
     assert (base_dir / "q1").exists() and (base_dir / "q2").exists()
     assert (await queue.get(waiting["job_id"]))["status"] == "cancelled"  # never claimed
     assert (await queue.counts())["cancelled"] == 1
+
+
+async def test_cancelling_a_requeued_job_keeps_what_it_did(client: Any, task_factory, base_dir):
+    """SIGTERM puts a job back in the queue with the results of the tasks it
+    finished; cancelling it then must report those as deleted, not skipped."""
+    ids = [f"r{i}" for i in range(6)]
+    for task_id in ids:
+        task_factory(task_id, files=2000)
+    queue: JobQueue = client.app[appkeys.JOBS]
+    job = await submit(client, ids, continue_on_error=False)
+    while (await queue.get(job["job_id"]))["progress"]["tasks_done"] < 1:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    await queue.drain(30)  # what SIGTERM does: the job goes back to the queue
+    requeued = await queue.get(job["job_id"])
+    assert requeued is not None and requeued["status"] == "queued"
+    gone = [t for t in ids if not (base_dir / t).exists()]
+    assert gone
+
+    resp = await client.post(f"/api/v0/data_pipeline/jobs/{job['job_id']}/cancel")
+    assert resp.status == 200
+    result = (await resp.json())["data"]["result"]
+    assert [t["task_id"] for t in result["deleted_tasks"]] == gone
+    assert result["skipped_tasks"] == [t for t in ids if t not in gone]
+    assert result["summary"]["successfully_deleted"] == len(gone)
