@@ -323,3 +323,22 @@ async def test_cancelling_a_requeued_job_keeps_what_it_did(client: Any, task_fac
     assert [t["task_id"] for t in result["deleted_tasks"]] == gone
     assert result["skipped_tasks"] == [t for t in ids if t not in gone]
     assert result["summary"]["successfully_deleted"] == len(gone)
+
+
+async def test_a_requeued_job_whose_cancel_was_requested_still_ends(
+    client: Any, task_factory, pg: Pg
+):
+    """A cancel asked while the instance drains (cancel is allowed while
+    stopping) leaves the job queued with ``cancel_requested``: a runner must
+    still finish it as cancelled, not leave it queued for ever."""
+    for task_id in ("s1", "s2"):
+        task_factory(task_id)
+    job_id = insert_job(pg, ["s1", "s2"])
+    pg.rows("UPDATE dptask_jobs SET cancel_requested = true WHERE job_id = %s", (job_id,))
+    queue: JobQueue = client.app[appkeys.JOBS]
+    deadline = time.monotonic() + 10
+    while (job := await queue.get(job_id))["status"] not in FINISHED:  # type: ignore[index]
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.05)
+    assert job is not None and job["status"] == "cancelled"
+    assert job["result"]["skipped_tasks"] == ["s1", "s2"]
