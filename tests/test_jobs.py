@@ -301,12 +301,13 @@ async def test_a_queued_job_cancelled_skips_every_task(client: Any, task_factory
     assert (await queue.counts())["cancelled"] == 1
 
 
+@pytest.mark.parametrize("plugins", [[Slow()]])
 async def test_cancelling_a_requeued_job_keeps_what_it_did(client: Any, task_factory, base_dir):
     """SIGTERM puts a job back in the queue with the results of the tasks it
     finished; cancelling it then must report those as deleted, not skipped."""
     ids = [f"r{i}" for i in range(6)]
     for task_id in ids:
-        task_factory(task_id, files=2000)
+        task_factory(task_id)
     queue: JobQueue = client.app[appkeys.JOBS]
     job = await submit(client, ids, continue_on_error=False)
     while (await queue.get(job["job_id"]))["progress"]["tasks_done"] < 1:  # noqa: ASYNC110
@@ -342,3 +343,4 @@ async def test_a_requeued_job_whose_cancel_was_requested_still_ends(
         await asyncio.sleep(0.05)
     assert job is not None and job["status"] == "cancelled"
     assert job["result"]["skipped_tasks"] == ["s1", "s2"]
+
