@@ -344,3 +344,25 @@ async def test_a_requeued_job_whose_cancel_was_requested_still_ends(
     assert job is not None and job["status"] == "cancelled"
     assert job["result"]["skipped_tasks"] == ["s1", "s2"]
 
+
+@pytest.mark.parametrize("plugins", [[Slow()]])
+@pytest.mark.parametrize("settings_text", ["[jobs]\nconcurrency = 1\n"])
+async def test_a_cleanup_queued_behind_another_selects_when_it_starts(
+    client: Any, task_factory, base_dir: Path
+):
+    """Two clean-ups asked one after the other (an operator's and the nightly
+    schedule's, say): the second waits for the first, and must then select
+    what is still there, not fail on what the first already deleted."""
+    old = datetime.now() - timedelta(days=40)
+    for task_id in ("old1", "old2"):
+        task_factory(task_id, created_at=old)
+    body = {"older_than_days": 30, "dry_run": False, "confirm": True}
+    jobs = []
+    for _ in range(2):
+        resp = await client.post("/api/v0/data_pipeline/tasks/cleanup", json=body)
+        assert resp.status == 202
+        jobs.append((await resp.json())["data"]["job_id"])
+    first, second = [await finished(client, job_id) for job_id in jobs]
+    assert first["status"] == "succeeded"
+    assert second["result"]["failed_tasks"] == [], second["result"]
+    assert second["status"] == "succeeded"
