@@ -288,7 +288,7 @@ async def run_if_due(db: Database, jobs: JobQueue, schedule: Schedule) -> str | 
             actor=schedule.actor,
             request_id=f"schedule-{schedule.name}-{int(time.time())}",
             client=None,
-            task_ids=ids,
+            task_ids=None,  # chosen when the job starts
             selection={**schedule.selection, "more_remaining": more},
         )
         await tx(

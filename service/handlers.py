@@ -97,7 +97,7 @@ async def _submit(
     kind: str,
     options: DeleteOptions,
     *,
-    task_ids: list[str],
+    task_ids: list[str] | None,
     selection: dict[str, Any] | None = None,
 ) -> web.Response:
     """Queue a job; 202 with its URL."""
@@ -126,9 +126,11 @@ async def cleanup_tasks(request: web.Request) -> web.Response:
         data = await cleanup.dry_run(db, request.app[appkeys.TRASH], selection, settings)
         return envelope(200, "清理预演完成，未删除任何内容", data)
     await request.app[appkeys.DELETER].ready_to_delete()
-    ids, more = await cleanup.select_task_ids(db, selection, selection["max_tasks"])
+    # The job chooses its tasks when it starts (it may wait behind another
+    # job); this look only says whether one run leaves some.
+    _ids, more = await cleanup.select_task_ids(db, selection, selection["max_tasks"])
     selection = {**selection, "more_remaining": more}
-    return await _submit(request, "cleanup", options, task_ids=ids, selection=selection)
+    return await _submit(request, "cleanup", options, task_ids=None, selection=selection)
 
 
 def _job_id(request: web.Request) -> str:

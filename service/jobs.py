@@ -256,7 +256,9 @@ class JobQueue:
             f"UPDATE {JOBS} SET status = 'running', owner = %s, heartbeat_at = now(),"
             " started_at = COALESCE(started_at, %s)"
             f" WHERE job_id = (SELECT job_id FROM {JOBS}"
-            "   WHERE status = 'queued' AND NOT cancel_requested"
+            # a queued job with cancel_requested was put back by a drain: it is
+            # claimed to end as cancelled (a queued job cancelled is 'cancelled')
+            "   WHERE status = 'queued'"
             "      OR status = 'running' AND heartbeat_at < now() - make_interval(secs => %s)"
             # never a job this runner still runs (its heartbeat may just be late)
             "        AND job_id <> ALL(%s)"

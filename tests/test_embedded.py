@@ -11,7 +11,7 @@ import time
 
 import requests
 
-from tests.helpers import ROOT, URL, free_port, write_settings
+from tests.helpers import ROOT, URL, free_port, run_py, write_settings
 
 
 def start(workdir, port):
@@ -71,3 +71,20 @@ def test_service_runs_on_its_own_embedded_database(workdir):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
+
+
+def test_an_embedded_database_that_cannot_start_is_one_line(workdir):
+    """initdb refuses a non-empty data directory: that is a start-up problem
+    like any other, one line on stderr, not a traceback."""
+    (workdir / "pgdata").mkdir()
+    (workdir / "pgdata" / "stray").write_text("not a database")
+    settings = write_settings(
+        workdir, f'[server]\nport = {free_port()}\n[database]\nembedded_data_dir = "pgdata"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TEST_DATABASE_URL")}
+    for command in ([], ["demo"]):
+        done = run_py("--config", str(settings), *command, env=env)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "embedded database" in lines[0], done.stderr

@@ -431,3 +431,70 @@ async def test_a_requeued_job_cancelled_keeps_the_tasks_it_finished(
     assert [t["task_id"] for t in result["deleted_tasks"]] == ["d1"], result
     assert result["skipped_tasks"] == ["d2"]
     await finished(client, busy["job_id"])
+
+
+@pytest.mark.parametrize("plugins", [[Slow()]])
+async def test_cancelling_a_requeued_job_keeps_what_it_did(client: Any, task_factory, base_dir):
+    """SIGTERM puts a job back in the queue with the results of the tasks it
+    finished; cancelling it then must report those as deleted, not skipped."""
+    ids = [f"r{i}" for i in range(6)]
+    for task_id in ids:
+        task_factory(task_id)
+    queue: JobQueue = client.app[appkeys.JOBS]
+    job = await submit(client, ids, continue_on_error=False)
+    while (await queue.get(job["job_id"]))["progress"]["tasks_done"] < 1:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    await queue.drain(30)  # what SIGTERM does: the job goes back to the queue
+    requeued = await queue.get(job["job_id"])
+    assert requeued is not None and requeued["status"] == "queued"
+    gone = [t for t in ids if not (base_dir / t).exists()]
+    assert gone
+
+    resp = await client.post(f"/api/v0/data_pipeline/jobs/{job['job_id']}/cancel")
+    assert resp.status == 200
+    result = (await resp.json())["data"]["result"]
+    assert [t["task_id"] for t in result["deleted_tasks"]] == gone
+    assert result["skipped_tasks"] == [t for t in ids if t not in gone]
+    assert result["summary"]["successfully_deleted"] == len(gone)
+
+
+async def test_a_requeued_job_whose_cancel_was_requested_still_ends(
+    client: Any, task_factory, pg: Pg
+):
+    """A cancel asked while the instance drains (cancel is allowed while
+    stopping) leaves the job queued with ``cancel_requested``: a runner must
+    still finish it as cancelled, not leave it queued for ever."""
+    for task_id in ("s1", "s2"):
+        task_factory(task_id)
+    job_id = insert_job(pg, ["s1", "s2"])
+    pg.rows("UPDATE dptask_jobs SET cancel_requested = true WHERE job_id = %s", (job_id,))
+    queue: JobQueue = client.app[appkeys.JOBS]
+    deadline = time.monotonic() + 10
+    while (job := await queue.get(job_id))["status"] not in FINISHED:  # type: ignore[index]
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.05)
+    assert job is not None and job["status"] == "cancelled"
+    assert job["result"]["skipped_tasks"] == ["s1", "s2"]
+
+
+@pytest.mark.parametrize("plugins", [[Slow()]])
+@pytest.mark.parametrize("settings_text", ["[jobs]\nconcurrency = 1\n"])
+async def test_a_cleanup_queued_behind_another_selects_when_it_starts(
+    client: Any, task_factory, base_dir: Path
+):
+    """Two clean-ups asked one after the other (an operator's and the nightly
+    schedule's, say): the second waits for the first, and must then select
+    what is still there, not fail on what the first already deleted."""
+    old = datetime.now() - timedelta(days=40)
+    for task_id in ("old1", "old2"):
+        task_factory(task_id, created_at=old)
+    body = {"older_than_days": 30, "dry_run": False, "confirm": True}
+    jobs = []
+    for _ in range(2):
+        resp = await client.post("/api/v0/data_pipeline/tasks/cleanup", json=body)
+        assert resp.status == 202
+        jobs.append((await resp.json())["data"]["job_id"])
+    first, second = [await finished(client, job_id) for job_id in jobs]
+    assert first["status"] == "succeeded"
+    assert second["result"]["failed_tasks"] == [], second["result"]
+    assert second["status"] == "succeeded"

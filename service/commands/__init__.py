@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 from pathlib import Path
 
 from service.commands import client, config, demo, reconcile, restore, serve
@@ -93,3 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(e))
     except DatabaseError as e:
         return fail("database unavailable: " + " ".join(str(e).split()))
+    except subprocess.CalledProcessError as e:  # the embedded server's initdb or pg_ctl
+        said = " ".join(str(e.stderr or "").split()) or str(e)
+        return fail(f"cannot start the embedded database: {said}")
