@@ -1,0 +1,49 @@
+"""The service benchmark's small form runs end to end, so that it cannot rot.
+
+``bench/bench_service.py --small`` builds tiny fixtures, starts the real service
+on the test server's PostgreSQL (a throwaway database of its own) and checks
+every count it reports against its fixtures: it exits non-zero on a mismatch.
+No timing is asserted; only that the counts held and the table was written.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow
+
+FIGURES = [
+    "1. service / rm -rf",
+    "2. service / original",
+    "one-file tasks: background job",
+    "4. list p99 during 3",
+    "5. peak RSS during 1",
+    "6. clean-up dry run p99",
+]
+
+
+def test_small_benchmark_checks_its_counts_and_writes_the_table(
+    server_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "results.md"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_service.py"), "--small",
+         "--out", str(out), "--dir", str(tmp_path)],
+        env={**os.environ, "DATABASE_URL": server_url}, cwd=ROOT,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = out.read_text()
+    assert "cores" in text and "file system" in text and "load average" in text
+    for figure in FIGURES:
+        assert figure in text, figure
+        assert figure in result.stdout, figure
+    # The temporary folder is gone: fixtures and service data removed at the end.
+    assert not list(tmp_path.glob("dptask-bench-*"))
