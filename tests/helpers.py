@@ -8,6 +8,7 @@ from ``conftest.py``. A helper that two test modules would write belongs here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -303,3 +304,21 @@ class ServiceProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+# ---------------------------------------------------------------- tokens
+
+
+def sha(token: str) -> str:
+    """A token's SHA-256, as ``[auth] tokens`` stores it."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# An operator who may delete, and a viewer who may only read.
+TOKENS = f"""
+[auth]
+tokens = [
+  {{ name = "ops", token_sha256 = "{sha("ops-secret")}", scopes = ["read", "delete"] }},
+  {{ name = "viewer", token_sha256 = "{sha("view-secret")}", scopes = ["read"] }},
+]
+"""

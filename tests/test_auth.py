@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -10,20 +9,7 @@ import sys
 import pytest
 import requests
 
-from tests.helpers import ROOT, URL, audit_lines, free_port, write_settings
-
-
-def sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-TOKENS = f"""
-[auth]
-tokens = [
-  {{ name = "ops", token_sha256 = "{sha("ops-secret")}", scopes = ["read", "delete"] }},
-  {{ name = "viewer", token_sha256 = "{sha("view-secret")}", scopes = ["read"] }},
-]
-"""
+from tests.helpers import ROOT, TOKENS, URL, audit_lines, free_port, sha, write_settings
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -13,7 +13,6 @@ service's own synchronous DELETE, so the tasks really go.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
@@ -32,7 +31,15 @@ import pytest
 import requests
 from aiohttp import web
 
-from tests.helpers import ROOT, URL, free_port, insert_task, make_task_dir, write_settings
+from tests.helpers import (
+    ROOT,
+    TOKENS,
+    URL,
+    free_port,
+    insert_task,
+    make_task_dir,
+    write_settings,
+)
 
 # A load or fault test: .ci/run runs it once, not again on the embedded server.
 pytestmark = pytest.mark.slow
@@ -425,19 +432,6 @@ def test_jobs_follow_cancel_and_unknown(jobs_url, make_task):
 
 
 # ---------------------------------------------------------------- tokens
-
-
-def sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-TOKENS = f"""
-[auth]
-tokens = [
-  {{ name = "ops", token_sha256 = "{sha("ops-secret")}", scopes = ["read", "delete"] }},
-  {{ name = "viewer", token_sha256 = "{sha("view-secret")}", scopes = ["read"] }},
-]
-"""
 
 
 def test_401_and_403_are_3(service_factory, make_task, base_dir):

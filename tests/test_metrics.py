@@ -3,7 +3,6 @@ fixed sets (never a task id), and the ``metrics`` scope guards it."""
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 
 import pytest
@@ -11,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.errors import Veto
 from service.hookspecs import hookimpl
-from tests.helpers import URL, delete_ok
+from tests.helpers import URL, delete_ok, sha
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -102,10 +101,6 @@ async def test_scrape_time_gauges_read_the_trash_and_the_pool(client, base_dir):
     # The job runner may hold one for its heartbeat; never more than the pool.
     assert 0 <= after[("dptask_db_pool_connections_in_use", ())] <= 10
     assert after[("process_open_fds", ())] > 0
-
-
-def sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 TOKENS = f"""
