@@ -389,7 +389,7 @@ class Database:
             )
 
         n = "(SELECT n FROM total)"
-        near = f"{n} >= 2 * %(offset)s + %(limit)s"  # the page is in the first half
+        near = f"{n} >= 2 * %(offset)s::bigint + %(limit)s"  # the page is in the first half
         rows = await self._rows(
             f"WITH total AS MATERIALIZED (SELECT count(*) AS n {matching()}),"
             " page AS MATERIALIZED ("
