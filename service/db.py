@@ -437,11 +437,6 @@ class Database:
         steps = await self._rows(RUNNING_STEPS, [task_id])
         return (rows[0] if rows else None), [r["step_name"] for r in steps]
 
-    async def directory_flags(self) -> dict[str, bool]:
-        """Every task's recorded ``directory_exists``."""
-        rows = await self._rows(f"SELECT task_id, {DIRECTORY_EXISTS} AS e FROM data_pipeline_tasks")
-        return {row["task_id"]: row["e"] for row in rows}
-
     async def directory_records(self) -> list[dict[str, Any]]:
         """Every task's ``task_id``, ``directory_exists`` and ``output_directory``."""
         return await self._rows(

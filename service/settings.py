@@ -114,10 +114,6 @@ class Settings:
     def var_dir(self) -> Path:
         return self.root / "var"
 
-    @property
-    def trash_dir(self) -> Path:
-        return self.base_dir / ".trash"
-
 
 def load_settings(
     path: str | os.PathLike[str] | None = None,
