@@ -51,8 +51,8 @@ TASK_COLUMNS = (
 DETAIL_COLUMNS = TASK_COLUMNS + ", parameters, result, output_directory"
 STEP_COLUMNS = "id, execution_id, step_name, step_status, started_at, completed_at, error_message"
 RUNNING_STEPS = (
-    "SELECT step_name FROM data_pipeline_task_steps"
-    " WHERE task_id = %s AND step_status = 'running' ORDER BY id"
+    "SELECT task_id, step_name FROM data_pipeline_task_steps"
+    " WHERE task_id = ANY(%s) AND step_status = 'running' ORDER BY id"
 )
 # How often a blocked schema migration looks again (it queues behind nobody meanwhile).
 SCHEMA_RETRY_PAUSE = 0.5
@@ -434,7 +434,7 @@ class Database:
         rows = await self._rows(
             f"SELECT {TASK_COLUMNS} FROM data_pipeline_tasks WHERE task_id = %s", [task_id]
         )
-        steps = await self._rows(RUNNING_STEPS, [task_id])
+        steps = await self._rows(RUNNING_STEPS, [[task_id]])
         return (rows[0] if rows else None), [r["step_name"] for r in steps]
 
     async def directory_records(self) -> list[dict[str, Any]]:
@@ -464,36 +464,59 @@ class Database:
         async with self._cursor() as cur, _transaction(cur):
             yield Query(cur)
 
-    # ------------------------------------------------------------ a task's transaction
+    # ------------------------------------------------------------ tasks' transactions
 
     @contextlib.asynccontextmanager
     async def task_transaction(self, task_id: str) -> AsyncIterator[TaskTransaction]:
-        """Lock one task for deletion and yield its record in an open transaction.
+        """Lock one task for deletion and yield its record in an open transaction
+        (``tasks_transaction`` of one task). Raises ``TaskLocked`` at once when
+        another holder has its advisory lock, and after ``lock_timeout`` when
+        another session holds its row."""
+        async with self.tasks_transaction([task_id]) as tasks:
+            if task_id not in tasks.members:
+                raise TaskLocked(task_id)
+            yield tasks.members[task_id]
 
-        The lock is a transaction-scoped advisory lock keyed on the task id, so
-        it is released by COMMIT, ROLLBACK, or the server when the connection
-        dies: a crashed process can never leave a task locked. Raises
-        ``TaskLocked`` at once when another holder has it, and after
-        ``lock_timeout`` when another session holds the row (``FOR UPDATE``).
-        Commits when the block ends normally, unless ``rollback_only`` was set
-        (dry runs); ``CommitUnknown`` when the COMMIT got no answer.
+    @contextlib.asynccontextmanager
+    async def tasks_transaction(self, task_ids: Sequence[str]) -> AsyncIterator[TasksTransaction]:
+        """Lock tasks for deletion and yield their records in one open transaction.
+
+        Each lock is a transaction-scoped advisory lock keyed on the task id,
+        so it is released by COMMIT, ROLLBACK, or the server when the
+        connection dies: a crashed process can never leave a task locked. A
+        task whose advisory lock another holder has is left out of
+        ``members`` at once. The locked tasks' rows are read ``FOR UPDATE``:
+        with one task, a row another session holds is waited for
+        ``lock_timeout``; with several, not at all (``TaskLocked`` at once, so
+        the caller can take them one at a time rather than stall the rest).
+
+        The record changes the members ask for are made in one round trip
+        when the block ends (or at ``flush()``), then the transaction
+        commits, unless ``rollback_only`` was set; ``CommitUnknown`` when the
+        COMMIT got no answer.
         """
+        ids = list(dict.fromkeys(task_ids))
         async with self._task_slots, self._cursor() as cur:
-            tx = TaskTransaction(cur, task_id, self._timeout + self._lock_timeout)
-            async with _transaction(cur, commit=lambda: not tx.rollback_only):
-                # A pipeline worker holding the row must not stall a batch.
-                await _execute(cur, "SET LOCAL lock_timeout = %s", (_ms(self._lock_timeout),))
-                # The session's statement_timeout must outlast that wait.
-                await _execute(cur, "SET LOCAL statement_timeout = %s", (_ms(tx.lock_wait),))
+            tasks = TasksTransaction(cur, self._timeout + self._lock_timeout)
+            async with _transaction(cur, commit=lambda: not tasks.rollback_only):
+                # A pipeline worker holding a row must not stall a batch; the
+                # session's statement_timeout must outlast that wait.
                 await _execute(
                     cur,
-                    "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
-                    ("data_pipeline_task:" + task_id,),
+                    "SET LOCAL lock_timeout = %s; SET LOCAL statement_timeout = %s",
+                    (_ms(self._lock_timeout), _ms(tasks.lock_wait)),
                 )
-                if not (await cur.fetchone())[0]:
-                    raise TaskLocked(task_id)
-                await tx.load()
-                yield tx
+                await _execute(
+                    cur,
+                    "SELECT task_id FROM unnest(%s::text[]) AS task_id"
+                    " WHERE pg_try_advisory_xact_lock("
+                    "hashtextextended('data_pipeline_task:' || task_id, 0))",
+                    (ids,),
+                )
+                locked = {r["task_id"] for r in await _fetchall(cur)}
+                await tasks.load([i for i in ids if i in locked], wait=len(ids) == 1)
+                yield tasks
+                await tasks.flush()
 
 
 class Query:
@@ -507,54 +530,101 @@ class Query:
         return await _fetchall(self._cur) if self._cur.description else []
 
 
+class TasksTransaction:
+    """Locked tasks' records, read and changed inside one transaction.
+
+    A member's changes are kept until ``flush()``, which makes all of them
+    in one round trip: the rows are locked, so what each change will do is
+    known when it is asked for."""
+
+    def __init__(self, cur: Any, lock_wait: float) -> None:
+        self._cur = cur
+        self.lock_wait = lock_wait  # the client bound of a statement that waits for a row lock
+        self.members: dict[str, TaskTransaction] = {}
+        self.rollback_only = False
+        # task_id -> (present, at) to record whether the directory exists, or None to delete
+        self._changes: dict[str, tuple[bool, datetime] | None] = {}
+
+    async def load(self, task_ids: list[str], *, wait: bool) -> None:
+        self.members = {i: TaskTransaction(self, i) for i in task_ids}
+        if not task_ids:
+            return
+        await _execute(
+            self._cur,
+            f"SELECT {TASK_COLUMNS} FROM data_pipeline_tasks WHERE task_id = ANY(%s)"
+            f" FOR UPDATE{'' if wait else ' NOWAIT'}",
+            (task_ids,),
+            bound=self.lock_wait,
+        )
+        for row in await _fetchall(self._cur):
+            self.members[row["task_id"]].record = row
+        await _execute(self._cur, RUNNING_STEPS, (task_ids,))
+        for row in await _fetchall(self._cur):
+            self.members[row["task_id"]].running_steps.append(row["step_name"])
+
+    def change(self, task_id: str, change: tuple[bool, datetime] | None) -> None:
+        if self._changes.get(task_id, ()) is not None:  # a deletion stays one
+            self._changes[task_id] = change
+
+    def discard(self, task_id: str) -> None:
+        self._changes.pop(task_id, None)
+
+    async def flush(self) -> None:
+        """Make the changes asked for so far (a step row a pipeline worker
+        holds is waited for ``lock_timeout`` at most)."""
+        if not self._changes:
+            return
+        kept = [(i, c) for i, c in self._changes.items() if c is not None]
+        gone = [i for i, c in self._changes.items() if c is None]
+        self._changes = {}
+        # Steps first: an older pipeline schema may lack ON DELETE CASCADE.
+        await _execute(
+            self._cur,
+            "UPDATE data_pipeline_tasks AS t SET directory_exists = c.present, updated_at = c.at"
+            " FROM unnest(%(ids)s::text[], %(present)s::boolean[], %(at)s::timestamp[])"
+            "  AS c(task_id, present, at) WHERE t.task_id = c.task_id;"
+            " DELETE FROM data_pipeline_task_steps WHERE task_id = ANY(%(gone)s::text[]);"
+            " DELETE FROM data_pipeline_tasks WHERE task_id = ANY(%(gone)s::text[])",
+            {
+                "ids": [i for i, _ in kept],
+                "present": [c[0] for _, c in kept],
+                "at": [c[1] for _, c in kept],
+                "gone": gone,
+            },
+            bound=self.lock_wait,
+        )
+
+
 class TaskTransaction:
     """One task's record, read and changed inside its locked transaction."""
 
-    def __init__(self, cur: Any, task_id: str, lock_wait: float) -> None:
-        self._cur = cur
+    def __init__(self, tasks: TasksTransaction, task_id: str) -> None:
+        self._tasks = tasks
         self.task_id = task_id
-        self.lock_wait = lock_wait  # the client bound of a statement that waits for a row lock
         self.record: dict[str, Any] | None = None
         self.running_steps: list[str] = []
-        self.rollback_only = False
 
-    async def load(self) -> None:
-        cur = self._cur
-        await _execute(
-            cur,
-            f"SELECT {TASK_COLUMNS} FROM data_pipeline_tasks WHERE task_id = %s FOR UPDATE",
-            (self.task_id,),
-            bound=self.lock_wait,
-        )
-        rows = await _fetchall(cur)
-        self.record = rows[0] if rows else None
-        await _execute(cur, RUNNING_STEPS, (self.task_id,))
-        self.running_steps = [r["step_name"] for r in await _fetchall(cur)]
+    @property
+    def rollback_only(self) -> bool:
+        return self._tasks.rollback_only
+
+    @rollback_only.setter
+    def rollback_only(self, value: bool) -> None:
+        self._tasks.rollback_only = value
 
     async def set_directory_exists(self, exists: bool, at: datetime) -> bool:
         """Record whether the directory exists; False when there is no record."""
-        await _execute(
-            self._cur,
-            "UPDATE data_pipeline_tasks SET directory_exists = %s, updated_at = %s"
-            " WHERE task_id = %s",
-            (exists, at, self.task_id),
-        )
-        return self._cur.rowcount > 0
+        self._tasks.change(self.task_id, (exists, at))
+        return self.record is not None
 
     async def delete_records(self) -> bool:
         """Delete the task and its steps; False when there was no record."""
-        # Steps first: an older pipeline schema may lack ON DELETE CASCADE.
-        # A step row a pipeline worker holds is waited for lock_timeout at most.
-        await _execute(
-            self._cur,
-            "DELETE FROM data_pipeline_task_steps WHERE task_id = %s",
-            (self.task_id,),
-            bound=self.lock_wait,
-        )
-        await _execute(
-            self._cur, "DELETE FROM data_pipeline_tasks WHERE task_id = %s", (self.task_id,)
-        )
-        return self._cur.rowcount > 0
+        self._tasks.change(self.task_id, None)
+        return self.record is not None
+
+    def discard(self) -> None:
+        """Forget the changes asked for (the task failed before the commit)."""
+        self._tasks.discard(self.task_id)
 
 
 class _Blocked(Exception):

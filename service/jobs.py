@@ -5,11 +5,11 @@ runner of every instance on the database claims queued jobs, and running
 jobs whose lease expired (their instance died), one at a time with
 ``FOR UPDATE SKIP LOCKED``, and runs at most ``jobs.concurrency`` at once.
 
-A job runs its tasks through ``Deleter.delete_one``, the pipeline DELETE
-uses, with the same concurrency and ``continue_on_error`` rule, and its
-result is built by ``pipeline.batch_data`` like the DELETE response's data.
-Each task's outcome is written into ``results`` as soon as it is known, and
-a task is marked ``started`` there before it runs, so that a job taken over
+A job runs its tasks through ``Deleter.delete_tasks``, in the groups and
+with the ``continue_on_error`` rule the pipeline DELETE uses, and its result
+is built by ``pipeline.batch_data`` like the DELETE response's data. Each
+group's outcomes are written into ``results`` as soon as they are known, and
+its tasks are marked ``started`` there before they run, so that a job taken over
 after its instance died never runs or reports a finished task again. A task
 that was started and has no outcome may have been anywhere in the protocol
 when its instance died: its trees in the trash are settled first (put back
@@ -47,7 +47,6 @@ from service.audit import AuditLog, task_record
 from service.db import Database, DatabaseError
 from service.formatting import iso
 from service.pipeline import (
-    BATCH_CONCURRENCY,
     BatchContext,
     DeleteOptions,
     Deleter,
@@ -381,57 +380,57 @@ class JobQueue:
     ) -> None:
         pending = [i for i in ids if i not in results]
 
-        async def one(task_id: str) -> bool:
-            # Started by an instance that died: settle first, even when
-            # stopping (that starts nothing new). A dry run moved nothing, so
-            # it only runs again: it must change nothing.
-            resume = task_id in stored and not batch.options.dry_run
-            if run.lost or (run.stopping and not resume):
+        async def run_group(group: list[str]) -> bool:
+            """Delete a group of the job's tasks (``Deleter.plan``); False when one failed."""
+            if run.lost:
                 return True
-            if resume:
-                outcome = await self._resume(task_id, batch)
-                if outcome is None and run.stopping:
-                    return True  # never committed, back in place: not run again
-            else:
-                await self._update(
-                    run,
-                    "results = results || jsonb_build_object(%s, %s::jsonb)",
-                    task_id,
-                    '{"started": true}',
-                )
-                outcome = None
-            if outcome is None:
-                outcome = await self.deleter.delete_one(task_id, batch)
-            results[task_id] = outcome
-            run.done += 1
+            outcomes: dict[str, tuple[bool, dict[str, Any]]] = {}
+            new = []
+            for task_id in group:
+                # Started by an instance that died: settle first, even when
+                # stopping (that starts nothing new). A dry run moved nothing,
+                # so it only runs again: it must change nothing.
+                if task_id in stored and not batch.options.dry_run:
+                    outcome = await self._resume(task_id, batch)
+                    if outcome is not None:
+                        outcomes[task_id] = outcome
+                        continue
+                new.append(task_id)  # never committed, back in place: run it (again)
+            if new and not run.stopping:
+                started = {task_id: {"started": True} for task_id in new}
+                await self._update(run, "results = results || %s::jsonb", json.dumps(started))
+                outcomes.update(await self.deleter.delete_tasks(new, batch))
+            if not outcomes:
+                return True
+            results.update(outcomes)
+            run.done += len(outcomes)
+            entries = {i: {"ok": ok, "entry": entry} for i, (ok, entry) in outcomes.items()}
             await self._update(
-                run,
-                "results = results || jsonb_build_object(%s, %s::jsonb)",
-                task_id,
-                json.dumps({"ok": outcome[0], "entry": outcome[1]}, default=str),
+                run, "results = results || %s::jsonb", json.dumps(entries, default=str)
             )
-            return outcome[0]
+            return all(ok for ok, _ in outcomes.values())
 
         if batch.options.continue_on_error:
-            limit = asyncio.Semaphore(BATCH_CONCURRENCY)
+            groups, at_once = self.deleter.plan(pending, batch.options)
+            limit = asyncio.Semaphore(at_once)
 
-            async def limited(task_id: str) -> None:
+            async def limited(group: list[str]) -> None:
                 async with limit:
                     try:
-                        await one(task_id)
+                        await run_group(group)
                     except Exception:
                         run.stopping = True  # no new task behind a job that gives up
                         raise
 
             # Every task ends before the job gives up on an error: none may go
             # on running behind it while another runner takes the job over.
-            done = await asyncio.gather(*(limited(i) for i in pending), return_exceptions=True)
+            done = await asyncio.gather(*(limited(g) for g in groups), return_exceptions=True)
             for failure in done:
                 if isinstance(failure, BaseException):
                     raise failure
         else:
             for task_id in pending:
-                if run.lost or not await one(task_id):
+                if run.lost or not await run_group([task_id]):
                     break
 
     async def _resume(

@@ -6,9 +6,9 @@ A same-file-system bind mount shares ``st_dev`` with the file system it sits
 on, so a device comparison cannot see it. Three things can:
 
 - ``/proc/self/mountinfo``: every mount point of this process's namespace,
-  by path. The pre-delete check reads it once per task (a few kB: cheap when
-  there is no mount inside the task) to refuse a task with a mount in it
-  before anything is moved.
+  by path. The pre-delete check looks at it for every task (a copy, read
+  again whenever the kernel says the table changed) to refuse a task with a
+  mount in it before anything is moved.
 - ``statx``: ``STATX_ATTR_MOUNT_ROOT`` says an entry is the root of a mount,
   ``stx_mnt_id`` says which mount it is on. Its attributes also carry the
   immutable and append-only flags without opening the file (a dry run needs
@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import select
 import struct
 import threading
 from dataclasses import dataclass
@@ -179,11 +180,45 @@ def _unescape(field: str) -> str:
     return os.fsdecode(bytes(out))
 
 
+class _MountTable:
+    """The mount points, read again only when the table has changed: an open
+    ``/proc/self/mountinfo`` polls ``POLLPRI`` once a mount or unmount has
+    happened in the namespace since it was last polled (proc(5)). A poll that
+    says "unchanged" makes the copy as current as a read at that instant."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._points: list[str] = []
+
+    def points(self) -> list[str]:
+        with self._lock:
+            if self._fd is None:
+                self._fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+                self._points = self._read(self._fd)
+                return self._points
+            poller = select.poll()
+            poller.register(self._fd, select.POLLPRI | select.POLLERR)
+            if poller.poll(0):
+                self._points = self._read(self._fd)
+            return self._points
+
+    @staticmethod
+    def _read(fd: int) -> list[str]:
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        lines = b"".join(chunks).decode("utf-8", "surrogateescape").splitlines()
+        return [_unescape(line.split(" ", 5)[4]) for line in lines if line.count(" ") >= 5]
+
+
+_mount_table = _MountTable()
+
+
 def mount_points() -> list[str]:
     """Every mount point of this process's mount namespace, as absolute paths."""
-    with open("/proc/self/mountinfo", "rb") as f:
-        lines = f.read().decode("utf-8", "surrogateescape").splitlines()
-    return [_unescape(line.split(" ", 5)[4]) for line in lines if line.count(" ") >= 5]
+    return _mount_table.points()
 
 
 def mounts_below(path: Path) -> list[str]:

@@ -3,9 +3,10 @@ batch of them.
 
 The protocol (the order of the steps, what a dry run does, what happens to an
 unknown COMMIT, what ``TaskContext`` carries) is written once, in the module
-docstring of ``service/hookspecs.py``; ``Deleter.delete_one`` follows it step
-by step. Why it is so, and what it guarantees after a crash:
-``docs/design.md``, "The deletion protocol and its crash guarantees".
+docstring of ``service/hookspecs.py``; ``Deleter._delete_group`` follows it
+step by step, for a group of tasks at once. Why it is so, and what it
+guarantees after a crash: ``docs/design.md``, "The deletion protocol and its
+crash guarantees".
 
 The pipeline writes the audit lines itself, after the observer hooks, so that
 no plugin can prevent, reorder or alter them.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +28,7 @@ import structlog
 
 from service import errors, fs
 from service.audit import AuditLog, AuditUnavailable, batch_record, task_record
+from service.coalesce import Coalesced
 from service.db import (
     CommitUnknown,
     Database,
@@ -43,8 +46,12 @@ from service.trash import Entry, Trash, deletion_committed, settle
 
 log = structlog.get_logger("service")
 
-# Tasks of one batch deleted at once when continue_on_error allows it.
-BATCH_CONCURRENCY = 4
+# Dry runs of one batch at once (they walk, and share no transaction).
+DRY_RUNS_AT_ONCE = 4
+# Purges at once in one process (each walk shares out its files to the purge pool).
+PURGES_AT_ONCE = 8
+# A group's tasks ask for their lstat in the same turn of the loop: one thread hop.
+_lexists = Coalesced(os.path.lexists)
 # The DATABASE_ERROR message after a failed record step, by whether the tree is back.
 _RECORD_FAILED = {
     True: "数据库记录更新失败，目录已恢复，任务未删除",
@@ -145,27 +152,40 @@ class Deleter:
         self.trash = trash
         self.audit = audit
         self._settling: set[asyncio.Task[None]] = set()  # trees left for an unknown COMMIT
+        self._purging = asyncio.Semaphore(PURGES_AT_ONCE)
+
+    def plan(self, ids: list[str], options: DeleteOptions) -> tuple[list[list[str]], int]:
+        """The groups a batch's tasks go in (each group one transaction, one
+        COMMIT), and how many groups run at once (``limits.commit_group``,
+        ``limits.tasks_in_flight``). Dry runs share no transaction: one task
+        a group, a few at once."""
+        if options.dry_run:
+            return [[i] for i in ids], DRY_RUNS_AT_ONCE
+        size = min(self.settings.commit_group, self.settings.tasks_in_flight)
+        groups = [ids[k : k + size] for k in range(0, len(ids), size)]
+        return groups, max(1, self.settings.tasks_in_flight // size)
 
     async def delete_batch(self, batch: BatchContext) -> dict[str, Any]:
         started_at = datetime.now()
         ids = list(dict.fromkeys(batch.task_ids))  # the same id twice is processed once
-        results: list[tuple[bool, dict[str, Any]] | None] = [None] * len(ids)
+        results: dict[str, tuple[bool, dict[str, Any]]] = {}
 
         if batch.options.continue_on_error:
-            limit = asyncio.Semaphore(BATCH_CONCURRENCY)
+            groups, at_once = self.plan(ids, batch.options)
+            limit = asyncio.Semaphore(at_once)
 
-            async def one(i: int) -> None:
+            async def one(group: list[str]) -> None:
                 async with limit:
-                    results[i] = await self.delete_one(ids[i], batch)
+                    results.update(await self.delete_tasks(group, batch))
 
-            await asyncio.gather(*(one(i) for i in range(len(ids))))
+            await asyncio.gather(*(one(g) for g in groups))
         else:
-            for i, task_id in enumerate(ids):
-                results[i] = result = await self.delete_one(task_id, batch)
+            for task_id in ids:
+                results[task_id] = result = await self.delete_one(task_id, batch)
                 if not result[0]:
                     break
 
-        data = batch_data(ids, results, started_at, batch.options.dry_run)
+        data = batch_data(ids, [results.get(i) for i in ids], started_at, batch.options.dry_run)
         await self.finish_batch(batch, data)
         return data
 
@@ -175,44 +195,45 @@ class Deleter:
         await self._audit("delete_request", batch_record(batch, data))
 
     async def delete_one(self, task_id: str, batch: BatchContext) -> tuple[bool, dict[str, Any]]:
-        started = time.monotonic()
-        task: TaskContext | None = None
-        if problem := id_problem(task_id, self.settings):
-            # No path, hence no context, is built from an invalid id (base_dir /
-            # "/etc" is /etc): no task hook sees it; dptask_batch_finished does,
-            # under failed_tasks, and the audit line is written all the same.
-            ok, result = False, _failure(task_id, errors.INVALID_TASK_ID, problem)
-        else:
-            task = TaskContext(task_id, self.settings.base_dir / task_id, batch, self.settings)
-            ok, result = await self._run(task)
-        result["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
-        if task is not None:
-            hook = "dptask_after_delete" if ok else "dptask_delete_failed"
-            await run_observers(self.pm, hook, task=task, result=result)
-        outcome = "deleted" if ok else "failed"
-        await self._audit("task_delete", task_record(batch, task_id, result, outcome))
-        return ok, result
+        return (await self.delete_tasks([task_id], batch))[task_id]
 
-    async def _run(self, task: TaskContext) -> tuple[bool, dict[str, Any]]:
-        """Delete (or dry-run) one task; its failure becomes its ``failed_tasks`` entry."""
-        task_id = task.task_id
-        try:
-            run = self._dry_run if task.options.dry_run else self._delete
-            return True, await run(task)
-        except TaskFailed as e:
-            return False, _failure(task_id, e.code, e.message, **e.details)
-        except TaskLocked:
-            return False, _failure(task_id, errors.TASK_LOCKED, "任务正在被另一个请求删除")
-        except DatabaseError:
-            log.warning("task_database_error", task_id=task_id, exc_info=True)
-            return False, _failure(task_id, errors.DATABASE_ERROR, "数据库操作失败，任务未删除")
-        except Exception:
-            log.exception("task_delete_error", task_id=task_id)
-            return False, _failure(task_id, errors.DELETE_FAILED, "删除任务时发生内部错误")
+    async def delete_tasks(
+        self, task_ids: list[str], batch: BatchContext
+    ) -> dict[str, tuple[bool, dict[str, Any]]]:
+        """Delete (or dry-run) these tasks together, in one transaction: each
+        still whole or gone, with its own result, observers and audit line."""
+        started = time.monotonic()
+        outcomes: dict[str, tuple[bool, dict[str, Any]]] = {}
+        tasks: dict[str, TaskContext] = {}
+        for task_id in dict.fromkeys(task_ids):
+            if problem := id_problem(task_id, self.settings):
+                # No path, hence no context, is built from an invalid id (base_dir /
+                # "/etc" is /etc): no task hook sees it; dptask_batch_finished does,
+                # under failed_tasks, and the audit line is written all the same.
+                outcomes[task_id] = (False, _failure(task_id, errors.INVALID_TASK_ID, problem))
+            else:
+                tasks[task_id] = TaskContext(
+                    task_id, self.settings.base_dir / task_id, batch, self.settings
+                )
+        if batch.options.dry_run:
+            for task in tasks.values():
+                outcomes[task.task_id] = await _outcome(task.task_id, self._dry_run(task))
+        elif tasks:
+            outcomes.update(await self._delete_together(tasks))
+        lines = []
+        for task_id, (ok, result) in outcomes.items():
+            result["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+            if (context := tasks.get(task_id)) is not None:
+                hook = "dptask_after_delete" if ok else "dptask_delete_failed"
+                await run_observers(self.pm, hook, task=context, result=result)
+            outcome = "deleted" if ok else "failed"
+            lines.append(("task_delete", task_record(batch, task_id, result, outcome)))
+        await self._audit_many(lines)
+        return outcomes
 
     async def _check(self, task: TaskContext) -> None:
         """The pre-delete checks, then the before-removal hooks."""
-        task.directory_exists = await asyncio.to_thread(os.path.lexists, task.path)
+        task.directory_exists = await _lexists(task.path)
         vetoes = _flatten(await run_hook(self.pm, "dptask_check_delete", task=task))
         if vetoes:
             raise TaskFailed(
@@ -235,65 +256,171 @@ class Deleter:
         records = task.options.delete_database_records and task.record is not None
         return _success(task, task.directory_exists, records, stats)
 
-    async def _delete(self, task: TaskContext) -> dict[str, Any]:
-        pm = self.pm
-        detached: Path | None = None  # the tree, while it is in the trash and not committed
-        restored: bool | None = None  # whether a detached tree went back after a failure
-        moved: _MovedThenFailed | None = None
+    async def _delete_together(
+        self, tasks: dict[str, TaskContext]
+    ) -> dict[str, tuple[bool, dict[str, Any]]]:
+        """Real runs of a group. When the group fails as a whole before its
+        COMMIT (a row another session holds, a failed record update or
+        COMMIT), nothing of it changed and every tree is back: its tasks are
+        then deleted one at a time, each with its own outcome."""
         try:
-            async with self.db.task_transaction(task.task_id) as tx:
-                task.transaction = tx
-                task.record, task.running_steps = tx.record, tx.running_steps
-                await self._check(task)
+            return await self._delete_group(list(tasks.values()))
+        except _GroupFailed as e:
+            failure = e
+        outcomes: dict[str, tuple[bool, dict[str, Any]]] = {}
+        if len(tasks) > 1:
+            log.info("group_taken_apart", tasks=len(tasks), reason=str(failure.cause))
+        for task_id, task in tasks.items():
+            restored = failure.restored.get(task_id)
+            alone = len(tasks) == 1 and not isinstance(failure.cause, TaskLocked)
+            if restored is not None and (alone or not restored):
+                # Its tree was detached when the group failed (one still in
+                # the trash is not run again): say whether it is back.
+                message = _RECORD_FAILED[restored]
+                outcomes[task_id] = (False, _failure(task_id, errors.DATABASE_ERROR, message))
+            elif len(tasks) == 1:
+                outcomes[task_id] = (False, _failure_of(task_id, failure.cause))
+            else:
+                tasks[task_id] = fresh = TaskContext(task_id, task.path, task.batch, task.settings)
+                outcomes.update(await self._delete_together({task_id: fresh}))
+        return outcomes
+
+    async def _delete_group(
+        self, tasks: list[TaskContext]
+    ) -> dict[str, tuple[bool, dict[str, Any]]]:
+        """The protocol's steps 2 to 7 for a group of tasks: one transaction
+        locks them all, each goes through the hooks up to its record update,
+        the renames are made durable together, one COMMIT, then each purge.
+        A task that fails on its own is put back and left out of the COMMIT;
+        a failure of the whole group raises ``_GroupFailed`` once every tree
+        is back."""
+        outcomes: dict[str, tuple[bool, dict[str, Any]]] = {}
+        detached: dict[str, Path] = {}  # trees in the trash whose deletion is not committed
+        restored: dict[str, bool] = {}  # trees put back when the group failed
+        moved: dict[str, _MovedThenFailed] = {}
+        records: dict[str, bool] = {}
+        committing: list[TaskContext] = []
+        try:
+            async with self.db.tasks_transaction([t.task_id for t in tasks]) as group:
                 try:
-                    if task.directory_exists:
-                        await self._reserve_audit()
-                        detached = await self._detach(task)
-                    task.now = datetime.now()
-                    records_deleted = bool(await run_hook(pm, "dptask_update_records", task=task))
-                except _MovedThenFailed as e:
-                    # Whatever moved it, the directory is not in its place: say so.
-                    await tx.set_directory_exists(False, datetime.now())
-                    moved = e
+                    live = []
+                    for task in tasks:
+                        if (tx := group.members.get(task.task_id)) is None:
+                            outcomes[task.task_id] = _locked(task.task_id)
+                            continue
+                        task.transaction, task.record = tx, tx.record
+                        task.running_steps = tx.running_steps
+                        live.append(task)
+                    live = await _each(live, self._check, outcomes)
+                    if any(t.directory_exists for t in live):
+                        try:
+                            await self._reserve_audit()
+                        except TaskFailed as e:
+                            for task in live:
+                                if task.directory_exists:
+                                    outcomes[task.task_id] = (False, _failure_of(task.task_id, e))
+                            live = [t for t in live if not t.directory_exists]
+
+                    async def detach(task: TaskContext) -> None:
+                        if not task.directory_exists:
+                            return
+                        try:
+                            detached[task.task_id] = await self._detach(task)
+                        except _MovedThenFailed as e:
+                            # Whatever moved it, the directory is not in its place: say so.
+                            assert task.transaction is not None
+                            await task.transaction.set_directory_exists(False, datetime.now())
+                            moved[task.task_id] = e
+
+                    live = await _each(live, detach, outcomes)
+                    committing = list(live)
+                    live = [t for t in live if t.task_id not in moved]
+
+                    async def update(task: TaskContext) -> None:
+                        task.now = datetime.now()
+                        try:
+                            hook = "dptask_update_records"
+                            records[task.task_id] = bool(await run_hook(self.pm, hook, task=task))
+                        except BaseException:
+                            # Left out of the COMMIT, and its tree back in place.
+                            assert task.transaction is not None
+                            task.transaction.discard()
+                            if (tree := detached.pop(task.task_id, None)) is not None:
+                                await self._reattach(task, tree)
+                            raise
+
+                    updated = {t.task_id for t in await _each(live, update, outcomes)}
+                    committing = [t for t in committing if t.task_id in updated | moved.keys()]
+                    await group.flush()
+                    if detached:  # every rename durable before the COMMIT says "gone"
+                        await asyncio.to_thread(self.trash.sync)
                 except BaseException:
-                    # Put it back while the lock is still held, before the ROLLBACK:
-                    # no other request may see the task half-deleted.
-                    if detached is not None:
-                        restored, detached = await self._reattach(task, detached), None
+                    # Put them back while the locks are still held, before the
+                    # ROLLBACK: no other request may see a task half-deleted.
+                    for task_id, tree in detached.items():
+                        restored[task_id] = await self._reattach(_by_id(tasks, task_id), tree)
+                    detached.clear()
                     raise
         except asyncio.CancelledError:
             # Cancelled during the COMMIT (the body's own cancellation put the
-            # tree back above): its outcome is unknown, so settle the tree by
+            # trees back above): its outcome is unknown, so settle each tree by
             # its record once the lock is free, as for a CommitUnknown.
-            if detached is not None:
-                self._settle_later(task, detached)
+            for task_id, tree in detached.items():
+                self._settle_later(_by_id(tasks, task_id), tree)
             raise
-        except CommitUnknown as e:
-            # The server may still carry the COMMIT out: read the record back.
-            committed = await self._committed(task)
-            if committed is None:  # still no answer: settle the tree when it comes
-                if detached is not None:
-                    self._settle_later(task, detached)
-                message = _COMMIT_UNKNOWN[detached is not None]
-                raise TaskFailed(errors.DATABASE_ERROR, message) from e
-            if not committed:
-                if detached is not None:
-                    restored = await self._reattach(task, detached)
-                    raise TaskFailed(errors.DATABASE_ERROR, _RECORD_FAILED[restored]) from e
-                raise
-            log.info("commit_confirmed", task_id=task.task_id)
-        except DatabaseError as e:
-            if detached is not None:  # the COMMIT itself failed
-                restored = await self._reattach(task, detached)
-            if restored is not None:
-                raise TaskFailed(errors.DATABASE_ERROR, _RECORD_FAILED[restored]) from e
-            raise
-        if moved is not None:
-            raise TaskFailed(errors.DETACH_FAILED, _MOVED_THEN_FAILED) from moved.__cause__
-        # Committed: from here on the tree is the trash's, whatever happens.
-        return _success(
-            task, detached is not None, records_deleted, await self._purge(task, detached)
-        )
+        except CommitUnknown:
+            # The server may still carry the COMMIT out: read the records back.
+            committing = await self._read_back(committing, detached, outcomes)
+        except Exception as e:
+            if detached:  # the COMMIT itself failed
+                for task_id, tree in detached.items():
+                    restored[task_id] = await self._reattach(_by_id(tasks, task_id), tree)
+            raise _GroupFailed(e, restored) from e
+
+        # Committed: from here on each tree is the trash's, whatever happens.
+        async def finish(task: TaskContext) -> dict[str, Any]:
+            if (e := moved.get(task.task_id)) is not None:
+                raise TaskFailed(errors.DETACH_FAILED, _MOVED_THEN_FAILED) from e.__cause__
+            tree = detached.get(task.task_id)
+            async with self._purging:
+                stats = await self._purge(task, tree)
+            return _success(task, tree is not None, records.get(task.task_id, False), stats)
+
+        done = await asyncio.gather(*(_outcome(t.task_id, finish(t)) for t in committing))
+        outcomes.update(zip((t.task_id for t in committing), done, strict=True))
+        return outcomes
+
+    async def _read_back(
+        self,
+        tasks: list[TaskContext],
+        detached: dict[str, Path],
+        outcomes: dict[str, tuple[bool, dict[str, Any]]],
+    ) -> list[TaskContext]:
+        """After a COMMIT with no answer: the tasks whose deletion turns out
+        committed. The others get their failure (in ``outcomes``): a tree of
+        an uncommitted one is put back; one whose record still cannot be read
+        is settled in the background when the database answers."""
+        committed = []
+        deadline = time.monotonic() + _SETTLE_SECONDS
+        for task in tasks:
+            answer = await self._committed(task, deadline)
+            tree = detached.pop(task.task_id, None)
+            if answer:
+                log.info("commit_confirmed", task_id=task.task_id)
+                committed.append(task)
+                if tree is not None:
+                    detached[task.task_id] = tree
+                continue
+            if answer is None:
+                if tree is not None:
+                    self._settle_later(task, tree)
+                message = _COMMIT_UNKNOWN[tree is not None]
+            elif tree is not None:
+                message = _RECORD_FAILED[await self._reattach(task, tree)]
+            else:
+                message = "数据库操作失败，任务未删除"
+            outcomes[task.task_id] = (False, _failure(task.task_id, errors.DATABASE_ERROR, message))
+        return committed
 
     async def ready_to_delete(self) -> None:
         """Raise ``AuditUnavailableError`` (503) while the audit cannot be written:
@@ -312,12 +439,17 @@ class Deleter:
             raise TaskFailed(errors.AUDIT_UNAVAILABLE, e.message) from e
 
     async def _audit(self, event: str, record: dict[str, Any]) -> None:
-        """Write an audit line. A failure puts the audit in its failed state, in
-        which no deletion starts (503) until the audit is writable again."""
+        await self._audit_many([(event, record)])
+
+    async def _audit_many(self, lines: list[tuple[str, dict[str, Any]]]) -> None:
+        """Write audit lines (together: one write). A failure puts the audit in
+        its failed state, in which no deletion starts (503) until the audit is
+        writable again."""
         try:
-            await self.audit.write(event, **record)
+            await self.audit.write_many(lines)
         except AuditUnavailable:
-            log.error("audit_write_failed", audit_event=event, task_id=record.get("task_id"))
+            for event, record in lines:
+                log.error("audit_write_failed", audit_event=event, task_id=record.get("task_id"))
 
     async def _detach(self, task: TaskContext) -> Path:
         # The rename finishes in its thread even if this request is cancelled:
@@ -350,15 +482,14 @@ class Deleter:
             log.exception("reattach_failed", task_id=task.task_id, trash=str(detached))
             return False
 
-    async def _committed(self, task: TaskContext) -> bool | None:
+    async def _committed(self, task: TaskContext, deadline: float) -> bool | None:
         """Whether the deletion was committed, read back once the database
-        answers; None when it has not answered within the bound.
+        answers; None when it has not answered by ``deadline``.
 
         It is read under the task's lock: the transaction whose COMMIT got no
         answer holds that lock until the server has carried the COMMIT out (or
         rolled it back), so a read that gets the lock sees the outcome, never
         the state before it."""
-        deadline = time.monotonic() + _SETTLE_SECONDS
         while True:
             try:
                 async with self.db.task_transaction(task.task_id) as tx:
@@ -435,6 +566,16 @@ class _MovedThenFailed(Exception):
     """A detach hook failed after the directory had left its place."""
 
 
+class _GroupFailed(Exception):
+    """A group failed as a whole before its COMMIT: nothing of it changed.
+    ``restored``: for each tree that had been detached, whether it is back."""
+
+    def __init__(self, cause: Exception, restored: dict[str, bool]) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.restored = restored
+
+
 _MOVED_THEN_FAILED = "移走任务目录的插件出错，目录已不在原处，记录已标记为不存在"
 
 
@@ -484,6 +625,58 @@ def _purge_failed(stats: fs.TreeStats, message: str) -> TaskFailed:
         deleted_bytes=stats.bytes,
         errors=stats.errors,
     )
+
+
+async def _outcome(task_id: str, step: Awaitable[dict[str, Any]]) -> tuple[bool, dict[str, Any]]:
+    """A task's outcome: its result, or its failure as its ``failed_tasks`` entry."""
+    try:
+        return True, await step
+    except Exception as e:
+        return False, _failure_of(task_id, e)
+
+
+async def _each(
+    tasks: list[TaskContext],
+    step: Callable[[TaskContext], Awaitable[None]],
+    outcomes: dict[str, tuple[bool, dict[str, Any]]],
+) -> list[TaskContext]:
+    """Run ``step`` for every task of a group at once; the tasks that passed.
+    A task whose step fails on its own gets its failure in ``outcomes``; a
+    database error or a lock (the group's transaction is then unusable) is
+    raised once every step has ended."""
+    ended = await asyncio.gather(*(step(t) for t in tasks), return_exceptions=True)
+    passed = []
+    for task, error in zip(tasks, ended, strict=True):
+        if isinstance(error, DatabaseError | TaskLocked) or (
+            isinstance(error, BaseException) and not isinstance(error, Exception)
+        ):
+            raise error
+        if isinstance(error, Exception):
+            outcomes[task.task_id] = (False, _failure_of(task.task_id, error))
+        else:
+            passed.append(task)
+    return passed
+
+
+def _by_id(tasks: list[TaskContext], task_id: str) -> TaskContext:
+    return next(t for t in tasks if t.task_id == task_id)
+
+
+def _locked(task_id: str) -> tuple[bool, dict[str, Any]]:
+    return False, _failure(task_id, errors.TASK_LOCKED, "任务正在被另一个请求删除")
+
+
+def _failure_of(task_id: str, e: Exception) -> dict[str, Any]:
+    """The ``failed_tasks`` entry of a task that failed with ``e``."""
+    if isinstance(e, TaskFailed):
+        return _failure(task_id, e.code, e.message, **e.details)
+    if isinstance(e, TaskLocked):
+        return _locked(task_id)[1]
+    if isinstance(e, DatabaseError):
+        log.warning("task_database_error", task_id=task_id, exc_info=e)
+        return _failure(task_id, errors.DATABASE_ERROR, "数据库操作失败，任务未删除")
+    log.error("task_delete_error", task_id=task_id, exc_info=e)
+    return _failure(task_id, errors.DELETE_FAILED, "删除任务时发生内部错误")
 
 
 def _flatten(results: list[Veto | list[Veto]]) -> list[Veto]:

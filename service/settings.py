@@ -38,7 +38,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "embedded_data_dir": "var/pgdata",
     },
     "audit": {"path": "var/audit.log"},
-    "limits": {"max_task_ids": 1000, "purge_threads": 8, "walk_descriptors": 256},
+    "limits": {
+        "max_task_ids": 1000,
+        "purge_threads": 8,
+        "walk_descriptors": 256,
+        "commit_group": 50,
+        "tasks_in_flight": 100,
+    },
     "plugins": {"enabled": [], "entry_points": True},
     "auth": {"tokens": [], "allow_anonymous": False},
     "jobs": {"concurrency": 2, "lease_seconds": 30.0, "retention_days": 30.0},
@@ -97,6 +103,9 @@ class Settings:
     # The process-wide purge pool, and the descriptors all walks together may hold.
     purge_threads: int = 8
     walk_descriptors: int = 256
+    # A batch's tasks committed together in one transaction, and deleted at once.
+    commit_group: int = 50
+    tasks_in_flight: int = 100
     # Seconds a running deletion may take to finish after SIGTERM.
     shutdown_grace: float = 30.0
     embedded_data_dir: Path = Path("var/pgdata")
@@ -344,6 +353,8 @@ def _build(root: Path, v: dict[str, dict[str, Any]], plugins_raw: dict[str, Any]
         raise SettingsError(f"settings: limits.max_task_ids must be at least 1, got {max_ids}")
     _at_least(v, "limits", "purge_threads", 1)
     _at_least(v, "limits", "walk_descriptors", 16)
+    _at_least(v, "limits", "commit_group", 1)
+    _at_least(v, "limits", "tasks_in_flight", 1)
     _at_least(v, "server", "max_connections", 1)
     _at_least(v, "jobs", "concurrency", 1)
     if v["logging"]["level"] not in LOG_LEVELS:
@@ -382,6 +393,8 @@ def _build(root: Path, v: dict[str, dict[str, Any]], plugins_raw: dict[str, Any]
         schema_wait=float(v["database"]["schema_wait"]),
         purge_threads=v["limits"]["purge_threads"],
         walk_descriptors=v["limits"]["walk_descriptors"],
+        commit_group=v["limits"]["commit_group"],
+        tasks_in_flight=v["limits"]["tasks_in_flight"],
         shutdown_grace=float(v["server"]["shutdown_grace"]),
         embedded_data_dir=_resolve(root, v["database"]["embedded_data_dir"]),
         job_concurrency=v["jobs"]["concurrency"],

@@ -163,11 +163,13 @@ class Trash:
 
     # ------------------------------------------------------------ a deletion
 
-    def detach(self, task_id: str) -> Path:
+    def detach(self, task_id: str, *, sync: bool = True) -> Path:
         """Rename ``base_dir/<task_id>`` into the trash; return its label.
 
         One ``renameat`` between held descriptors: no new inode, block or
         descriptor. Raises ``TaskFailed`` with a code that names the cause.
+        With ``sync=False`` the rename is made durable by a later ``sync()``
+        (the pipeline's, once for all the tasks it commits together).
         """
         base_fd, trash_fd = self._fds_for_a_deletion()
         entry = f"{uuid.uuid4().hex}.{_plain(task_id)}"
@@ -176,8 +178,14 @@ class Trash:
         except OSError as e:
             raise _detach_failed(e, "任务目录移入回收区") from e
         # From here on the tree is in the trash: report that, whatever follows.
-        _fsync_quietly(base_fd, trash_fd, task_id=task_id)
+        if sync:
+            _fsync_quietly(base_fd, trash_fd, task_id=task_id)
         return self.label / entry
+
+    def sync(self) -> None:
+        """Make every rename done so far between the base and the trash durable
+        (it survives a power loss): before a COMMIT that records trees gone."""
+        _fsync_quietly(*self._current(), task_id=None)
 
     def reattach(self, detached: Path, task_id: str) -> None:
         """Put a detached tree back as ``base_dir/<task_id>``; never replaces
@@ -419,7 +427,7 @@ def _names(fd: int) -> list[str]:
         return sorted(e.name for e in entries)
 
 
-def _fsync_quietly(*fds: int, task_id: str) -> None:
+def _fsync_quietly(*fds: int, task_id: str | None) -> None:
     """Make a rename durable through descriptors already held; a failure is
     logged: the rename happened, and the caller must hear where the tree is."""
     for fd in fds:

@@ -149,9 +149,11 @@ async def test_commit_without_an_answer_is_commit_unknown_and_may_still_commit(f
         pg = Pg(url)
         insert_task(pg, "task_a")
         with pytest.raises(CommitUnknown):
-            async with db.task_transaction("task_a") as tx:
+            async with db.tasks_transaction(["task_a"]) as tasks:
+                tx = tasks.members["task_a"]
                 assert tx.record["directory_exists"] is True
                 await tx.set_directory_exists(False, tx.record["created_at"])
+                await tasks.flush()  # the UPDATE is made; then
                 frozen.stop()  # the COMMIT is sent into a server that never answers
         assert db._pool.freesize == 0  # that connection was closed, not pooled
         frozen.cont()

@@ -157,3 +157,18 @@ def test_the_walk_refuses_a_root_that_is_a_mount_point(tmp_path: Path, bind) -> 
 
 def test_mountinfo_unescapes_octal() -> None:
     assert mounts._unescape(r"/srv/my\040cache\011x\134y") == "/srv/my cache\tx\\y"
+
+
+def test_the_mount_table_is_read_again_after_every_change(tmp_path: Path, bind) -> None:
+    """The check keeps a copy of the mount table: a mount or unmount made after
+    a check is seen by the very next one, never a stale copy."""
+    task = make_task_dir(tmp_path, "task_a", files=1)
+    source = tmp_path / "source"
+    source.mkdir()
+    (task / "mnt").mkdir()
+    assert fs.directory_problem(tmp_path, task) is None  # the copy is taken here
+    for _ in range(3):
+        bind(source, task / "mnt")
+        assert "mnt" in (fs.directory_problem(tmp_path, task) or "")
+        subprocess.run(["umount", str(task / "mnt")], check=True)
+        assert fs.directory_problem(tmp_path, task) is None

@@ -6,12 +6,14 @@ running task. All refuse before anything is moved."""
 
 from __future__ import annotations
 
-import asyncio
-
 from service import errors, fs
+from service.coalesce import Coalesced
 from service.errors import Veto
 from service.hookspecs import hookimpl
 from service.pipeline import TaskContext
+
+# A group's tasks are checked in the same turn of the loop: one thread hop.
+_directory_problem = Coalesced(fs.directory_problem)
 
 
 @hookimpl
@@ -21,7 +23,7 @@ async def dptask_check_delete(task: TaskContext) -> list[Veto]:
     if task.task_id in task.settings.protected:
         vetoes.append(Veto(errors.PROTECTED, f"{task.task_id} 是受保护的目录，不可删除"))
     if task.directory_exists:
-        problem = await asyncio.to_thread(fs.directory_problem, task.settings.base_dir, task.path)
+        problem = await _directory_problem(task.settings.base_dir, task.path)
         if problem:
             vetoes.append(Veto(errors.UNSAFE_PATH, problem))
     elif not opts.allow_missing and not (opts.delete_database_records and task.record):

@@ -10,9 +10,11 @@ The detach's failures are ``TaskFailed`` with codes that name the cause
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 from service import fs
+from service.coalesce import Coalesced
 from service.hookspecs import hookimpl
 from service.pipeline import TaskContext
 from service.trash import Trash
@@ -21,10 +23,13 @@ from service.trash import Trash
 class DirectoryRemoval:
     def __init__(self, trash: Trash) -> None:
         self.trash = trash
+        # The pipeline makes the renames durable before the COMMIT, once for
+        # all the tasks it commits together; their renames share a thread hop.
+        self._detach = Coalesced(functools.partial(trash.detach, sync=False))
 
     @hookimpl
     async def dptask_detach_directory(self, task: TaskContext) -> Path:
-        return await asyncio.to_thread(self.trash.detach, task.task_id)
+        return await self._detach(task.task_id)
 
     @hookimpl
     async def dptask_purge_directory(self, task: TaskContext, path: Path) -> fs.TreeStats | None:

@@ -1,0 +1,75 @@
+"""Blocking calls made together, run together: one worker thread for a group.
+
+A group of tasks goes through each step of the deletion at once (one
+coroutine per task, gathered), so each step's blocking call (an lstat, a
+rename) is asked for by every task in the same turn of the event loop.
+``Coalesced`` runs all the calls asked for in one turn one after the other in
+a single worker thread, rather than one thread hop each: a hop costs more
+than the call it carries (a wake-up, the GIL handed back and forth, a
+callback on the loop), and under load the hops, not the calls, were most of
+a small task's time.
+
+Each caller still gets its own result or exception, and a caller that is
+cancelled while its call runs leaves it to finish, as with
+``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_Call = tuple[tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]
+
+
+class Coalesced(Generic[P, R]):
+    """``await coalesced(*args)``: ``fn(*args)`` in a worker thread, together
+    with the other calls made in the same turn of the event loop."""
+
+    def __init__(self, fn: Callable[P, R]) -> None:
+        self._fn = fn
+        self._calls: list[_Call] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        loop = asyncio.get_running_loop()
+        if self._calls and loop is not self._loop:  # another loop's turn: on its own
+            return await asyncio.to_thread(self._fn, *args, **kwargs)
+        future: asyncio.Future[R] = loop.create_future()
+        if not self._calls:
+            self._loop = loop
+            loop.call_soon(self._start)
+        self._calls.append((args, kwargs, future))
+        return await future
+
+    def _start(self) -> None:
+        calls, self._calls = self._calls, []
+        loop = self._loop
+        assert loop is not None
+        try:
+            loop.run_in_executor(None, self._run, loop, calls)
+        except RuntimeError as e:  # the executor is shut down: the loop is closing
+            _settle([(future, None, e) for _, _, future in calls])
+
+    def _run(self, loop: asyncio.AbstractEventLoop, calls: list[_Call]) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        for args, kwargs, future in calls:
+            try:
+                outcomes.append((future, self._fn(*args, **kwargs), None))
+            except BaseException as e:  # the caller's to see, as from to_thread
+                outcomes.append((future, None, e))
+        loop.call_soon_threadsafe(_settle, outcomes)
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        if future.cancelled():
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
