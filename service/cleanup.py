@@ -149,12 +149,8 @@ async def dry_run(
     db: Database, trash: Trash, selection: dict[str, Any], settings: Settings
 ) -> dict[str, Any]:
     """What a real run of ``selection`` would delete, changing nothing."""
-    from service.pipeline import id_problem  # at run time: pipeline imports settings, us
-
     ids, matched = await matching(db, selection, selection["max_tasks"])
-    # An id the real run refuses (INVALID_TASK_ID) names no directory to count.
-    valid = [i for i in ids if id_problem(i, settings) is None]
-    files, size, counted = await count_files(trash, valid)
+    files, size, counted = await count_files(trash, ids, settings)
     return {
         "dry_run": True,
         "matched": matched,
@@ -167,24 +163,33 @@ async def dry_run(
     }
 
 
-async def count_files(trash: Trash, task_ids: list[str]) -> tuple[int, int, bool]:
+async def count_files(
+    trash: Trash, task_ids: list[str], settings: Settings
+) -> tuple[int, int, bool]:
     """Files and bytes under the tasks' directories (nothing removed), walked
     one after another in one worker thread within ``COUNT_BUDGET``; False when
     the budget ran out (the counts are then those walked so far). A walk in
     flight when it does finishes in its thread, unwaited."""
     deadline = time.monotonic() + COUNT_BUDGET
     total = fs.TreeStats()
-    walk = asyncio.ensure_future(asyncio.to_thread(_count, trash, task_ids, deadline, total))
+    walk = asyncio.ensure_future(
+        asyncio.to_thread(_count, trash, task_ids, settings, deadline, total)
+    )
     done, _ = await asyncio.wait([walk], timeout=COUNT_BUDGET)
     return total.files, total.bytes, bool(done) and walk.result()
 
 
-def _count(trash: Trash, task_ids: list[str], deadline: float, total: fs.TreeStats) -> bool:
+def _count(
+    trash: Trash, task_ids: list[str], settings: Settings, deadline: float, total: fs.TreeStats
+) -> bool:
+    from service.pipeline import id_problem  # at run time: pipeline imports settings, us
+
     # One listing of base_dir, not a look-up per id: most old tasks' directories
     # are long gone, and base_dir holds few entries next to a year of records.
     present = set(trash.base_names())
     for task_id in task_ids:
-        if task_id not in present:
+        # An id the real run refuses (INVALID_TASK_ID) names no directory to count.
+        if task_id not in present or id_problem(task_id, settings) is not None:
             continue
         if time.monotonic() > deadline:
             return False
