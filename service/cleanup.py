@@ -72,29 +72,35 @@ _FILTERS = """
       AND (%(prefix)s::text IS NULL OR task_id LIKE %(prefix)s ESCAPE '\\')
       AND COALESCE(directory_exists, true) = %(directory_exists)s
     """
-# kept: the keep_last newest that pass the filters (the first rows of the
-# list's order index, dp_tasks_list_order_idx, which INCLUDEs the filters'
-# columns); selected: the rest that are old enough and have no running step (an
-# index-only scan of the same index up to the cut-off, the running steps from
-# their partial index). Nothing numbers or sorts every candidate; the oldest
-# ``limit`` come out of a top-N sort of the selected.
+# One statement, all over the list's order index (dp_tasks_list_order_idx, which
+# INCLUDEs the filters' columns: index-only scans). The keep_last newest that
+# pass the filters are its first rows, so a task is not one of them exactly when
+# it comes after the last of them (last_kept; the row comparison is NULL, and
+# nothing is selected, when fewer pass or the last has no created_at).
+# selected: those old enough (a scan up to the cut-off) with no running step
+# (their partial index). matched counts them in one pass (a hash anti-join);
+# the ids are the oldest ``limit``, read from the index's far end (backward it
+# is created_at ASC NULLS FIRST, plain ascending once the cut-off has left out
+# the NULLs) through a nested-loop anti-join, which keeps that order, so the
+# scan stops after ``limit`` rows. Nothing numbers, sorts or materialises every
+# candidate, whatever keep_last is.
 _SELECT = f"""
-    WITH kept AS MATERIALIZED (
-        SELECT task_id FROM data_pipeline_tasks
+    WITH last_kept AS MATERIALIZED (
+        SELECT created_at, task_id FROM data_pipeline_tasks
         WHERE {_FILTERS}
         ORDER BY created_at DESC NULLS LAST, task_id DESC
-        LIMIT %(keep_last)s
-    ), selected AS MATERIALIZED (
+        OFFSET greatest(%(keep_last)s - 1, 0) LIMIT 1
+    ), selected AS NOT MATERIALIZED (
         SELECT task_id, created_at FROM data_pipeline_tasks c
         WHERE {_FILTERS} AND c.created_at < %(cutoff)s
-          AND NOT EXISTS (SELECT 1 FROM kept k WHERE k.task_id = c.task_id)
+          AND (%(keep_last)s = 0
+               OR (c.created_at, c.task_id) < (SELECT created_at, task_id FROM last_kept))
           AND NOT EXISTS (SELECT 1 FROM data_pipeline_task_steps s
                           WHERE s.task_id = c.task_id AND s.step_status = 'running')
     )
-    SELECT task_id, (SELECT count(*) FROM selected) AS matched
-    FROM selected
-    ORDER BY created_at, task_id
-    LIMIT %(limit)s
+    SELECT (SELECT count(*) FROM selected) AS matched,
+           ARRAY(SELECT task_id FROM selected ORDER BY created_at NULLS FIRST, task_id
+                 LIMIT %(limit)s) AS task_ids
     """
 
 
@@ -128,7 +134,7 @@ async def matching(db: Database, selection: dict[str, Any], limit: int) -> tuple
             "limit": limit,
         },
     )
-    return [r["task_id"] for r in rows], (rows[0]["matched"] if rows else 0)
+    return list(rows[0]["task_ids"]), rows[0]["matched"]
 
 
 async def select_task_ids(
@@ -143,12 +149,8 @@ async def dry_run(
     db: Database, trash: Trash, selection: dict[str, Any], settings: Settings
 ) -> dict[str, Any]:
     """What a real run of ``selection`` would delete, changing nothing."""
-    from service.pipeline import id_problem  # at run time: pipeline imports settings, us
-
     ids, matched = await matching(db, selection, selection["max_tasks"])
-    # An id the real run refuses (INVALID_TASK_ID) names no directory to count.
-    valid = [i for i in ids if id_problem(i, settings) is None]
-    files, size, counted = await count_files(trash, valid)
+    files, size, counted = await count_files(trash, ids, settings)
     return {
         "dry_run": True,
         "matched": matched,
@@ -161,33 +163,40 @@ async def dry_run(
     }
 
 
-async def count_files(trash: Trash, task_ids: list[str]) -> tuple[int, int, bool]:
+async def count_files(
+    trash: Trash, task_ids: list[str], settings: Settings
+) -> tuple[int, int, bool]:
     """Files and bytes under the tasks' directories (nothing removed), walked
     one after another in one worker thread within ``COUNT_BUDGET``; False when
     the budget ran out (the counts are then those walked so far). A walk in
     flight when it does finishes in its thread, unwaited."""
     deadline = time.monotonic() + COUNT_BUDGET
     total = fs.TreeStats()
-    walk = asyncio.ensure_future(asyncio.to_thread(_count, trash, task_ids, deadline, total))
+    walk = asyncio.ensure_future(
+        asyncio.to_thread(_count, trash, task_ids, settings, deadline, total)
+    )
     done, _ = await asyncio.wait([walk], timeout=COUNT_BUDGET)
     return total.files, total.bytes, bool(done) and walk.result()
 
 
-def _count(trash: Trash, task_ids: list[str], deadline: float, total: fs.TreeStats) -> bool:
+def _count(
+    trash: Trash, task_ids: list[str], settings: Settings, deadline: float, total: fs.TreeStats
+) -> bool:
+    from service.pipeline import id_problem  # at run time: pipeline imports settings, us
+
+    # One listing of base_dir, not a look-up per id: most old tasks' directories
+    # are long gone, and base_dir holds few entries next to a year of records.
+    present = set(trash.base_names())
     for task_id in task_ids:
+        # An id the real run refuses (INVALID_TASK_ID) names no directory to count.
+        if task_id not in present or id_problem(task_id, settings) is not None:
+            continue
         if time.monotonic() > deadline:
             return False
-        total.add(_stats(trash, task_id))
+        # An unusable trash or tree counts nothing: the real run says why, per task.
+        with contextlib.suppress(Exception):
+            total.add(trash.dry_run_stats(task_id))
     return True
-
-
-def _stats(trash: Trash, task_id: str) -> fs.TreeStats:
-    if not trash.exists(task_id):
-        return fs.TreeStats()
-    try:
-        return trash.dry_run_stats(task_id)
-    except Exception:  # an unusable trash or tree: the real run says why, per task
-        return fs.TreeStats()
 
 
 # ---------------------------------------------------------------- schedules

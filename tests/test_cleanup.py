@@ -279,6 +279,10 @@ REFERENCE = """
     """
 
 
+# How many of the 150 rows below pass the default filters and have a created_at.
+NON_NULL = sum(1 for i in range(1, 151) if (i % 7 == 0 or i % 4 != 0) and i % 11 != 0)
+
+
 @pytest.mark.parametrize(
     "selection",
     [
@@ -286,6 +290,9 @@ REFERENCE = """
         {"keep_last": 7},
         {"keep_last": 7, "db_name": "db_1"},
         {"keep_last": 1000},
+        # The last kept is one of the tasks with no created_at (NULLS LAST):
+        # every task with one is kept.
+        {"keep_last": NON_NULL + 2},
         {"keep_last": 3, "statuses": ["completed"], "directory_exists": False},
     ],
 )
@@ -315,7 +322,7 @@ async def test_the_selection_is_the_numbered_querys(client, schema, selection):
         "cutoff": T0 + timedelta(hours=40),
     }
     want = [r["task_id"] for r in schema.rows(REFERENCE, args)]
-    assert want or selection["keep_last"] == 1000
+    assert want or selection["keep_last"] > NON_NULL
     assert answer["data"]["matched"] == len(want)
     assert answer["data"]["sample_task_ids"] == want[:100]
 
@@ -332,3 +339,34 @@ async def test_a_dry_run_counts_only_what_a_real_run_could_delete(client, schema
     assert status == 200, body
     per_task = sum(1 for p in (base_dir / ids[0]).rglob("*") if p.is_file())
     assert body["data"]["files"] == 2 * per_task, body["data"]
+
+
+def _files_and_bytes(path):
+    files = [p for p in path.rglob("*") if not p.is_dir()]
+    return len(files), sum(p.lstat().st_size for p in files)
+
+
+async def test_a_dry_run_counts_exactly_the_selected_directories(client, schema, base_dir):
+    """Only the directories of the tasks it selects (within max_tasks), each
+    walked whole; nothing for a selected task whose directory is gone, nor for
+    any other entry of base_dir: a task kept, too new, running, beyond
+    max_tasks, or one with no record."""
+    ids = old_tasks(schema, base_dir, 6)  # task_00 .. task_05, 3 files each
+    make_task_dir(base_dir / "task_01", "deeper", files=4, size=7)  # inside a selected tree
+    for gone in ("task_02", "task_03"):  # recorded as present, no directory left
+        for p in sorted((base_dir / gone).rglob("*"), reverse=True):
+            p.rmdir() if p.is_dir() else p.unlink()
+        (base_dir / gone).rmdir()
+    insert_task(schema, "task_run", created_at=T0, steps={"training_load": "running"})
+    make_task_dir(base_dir, "task_run", files=11)
+    insert_task(schema, "task_new", created_at=datetime.now())
+    make_task_dir(base_dir, "task_new", files=13)
+    make_task_dir(base_dir, "no_record", files=17)
+    # keep_last=1 keeps task_new (the newest); max_tasks=5 leaves task_05 out.
+    status, body = await post(client, older_than_days=1, keep_last=1, max_tasks=5)
+    assert status == 200, body
+    data = body["data"]
+    assert data["sample_task_ids"] == ids[:5] and data["matched"] == 6, data
+    assert data["more_remaining"] is True and data["counted"] is True
+    counted = [_files_and_bytes(base_dir / i) for i in ("task_00", "task_01", "task_04")]
+    assert (data["files"], data["bytes"]) == tuple(map(sum, zip(*counted, strict=True)))
