@@ -184,9 +184,9 @@ def _count(
 ) -> bool:
     from service.pipeline import id_problem  # at run time: pipeline imports settings, us
 
-    # One listing of base_dir, not a look-up per id: most old tasks' directories
-    # are long gone, and base_dir holds few entries next to a year of records.
-    present = set(trash.base_names())
+    # One lstat per id through the held descriptor (most old tasks' directories
+    # are long gone), not the trash's checks per id; then the walks.
+    present = trash.present([i for i in task_ids if "/" not in i and "\0" not in i])
     for task_id in task_ids:
         # An id the real run refuses (INVALID_TASK_ID) names no directory to count.
         if task_id not in present or id_problem(task_id, settings) is not None:

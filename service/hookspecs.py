@@ -8,17 +8,23 @@ Implementations may be ``def`` or ``async def``: the service calls hooks only
 through ``service.hookrunner``, which awaits each result in pluggy's order.
 Hook wrappers are refused at start-up (a wrapper cannot see an awaited result).
 
-The protocol of one DELETE (``service.pipeline.Deleter``). For each task, up
-to four at once with ``continue_on_error`` (else one by one, stopping at the
-first failure):
+The protocol of one DELETE (``service.pipeline.Deleter``). With
+``continue_on_error`` the tasks go in groups of ``limits.commit_group``,
+``limits.tasks_in_flight`` tasks at once; without it one by one, stopping at
+the first failure (a group of one). A group shares its transaction and its
+COMMIT, and each of its tasks goes through every step below with its own
+hooks, result and audit line: a task that fails is put back and left out of
+the COMMIT, the others go on. If the group fails as a whole before its COMMIT
+(a row another session holds, a failed record update or COMMIT), nothing of
+it has changed and its tasks are deleted again one at a time. For each task:
 
 1. **The id.** It must be one plain path component that matches
    ``tasks.id_pattern``; if not, the task fails with ``INVALID_TASK_ID``
    before a ``TaskContext`` exists, so no hook ever sees a path built from it.
-2. **The lock.** One database transaction opens, takes a transaction-scoped
-   advisory lock on the id (``TASK_LOCKED`` at once if another request or
-   service process holds it) and reads the record ``FOR UPDATE`` and the
-   running steps. It stays open until step 6 commits.
+2. **The lock.** The group's database transaction opens, takes a
+   transaction-scoped advisory lock on the id (``TASK_LOCKED`` at once if
+   another request or service process holds it) and reads the record ``FOR
+   UPDATE`` and the running steps. It stays open until step 6 commits.
 3. ``dptask_check_delete``: every implementation runs and every veto is kept;
    the task fails with the first veto, all of them under ``vetoes``.
 4. ``dptask_before_removal``: archiving and the like; the dicts returned are
@@ -28,11 +34,14 @@ first failure):
    deletion without its audit line), then the built-in renames the directory
    into the trash, ``<base_dir>/.trash/<token>.<task_id>``, in one rename
    through held descriptors. Readers see the task gone at once.
-6. ``dptask_update_records``, then **COMMIT**. If anything fails from step 5
-   up to the commit, the tree is renamed back while the lock is still held,
-   then the transaction rolls back and the task fails (``DATABASE_ERROR``, or
-   the hook's own code). A detach that fails after its tree left its place
-   records ``directory_exists = false`` instead (``DETACH_FAILED``).
+6. ``dptask_update_records``, then **COMMIT**: the record changes the
+   group's tasks asked for are made in one round trip, the renames into the
+   trash are made durable (one fsync of the base and of the trash for the
+   group), then the transaction commits. If anything fails from step 5 up to
+   the commit, the tree is renamed back while the lock is still held, and the
+   task fails (``DATABASE_ERROR``, or the hook's own code). A detach that
+   fails after its tree left its place records ``directory_exists = false``
+   instead (``DETACH_FAILED``).
    **A COMMIT with no answer** (``CommitUnknown``) is read back: purged on
    if the record says committed, renamed back if not; if the database does
    not answer within 30 s the task fails (``DATABASE_ERROR``) and a
@@ -154,8 +163,10 @@ def dptask_detach_directory(task: TaskContext) -> Path | None:
 
     Called only when the directory exists, and never in a dry run. The
     built-in renames it into ``<base_dir>/.trash/<token>.<task_id>``, where
-    the start-up sweep finds it after a crash. If anything fails before the
-    commit, the tree is renamed back to ``task.path``.
+    the start-up sweep finds it after a crash; the pipeline makes that rename
+    durable before the COMMIT (a plugin that moves the tree elsewhere makes
+    its own move durable). If anything fails before the commit, the tree is
+    renamed back to ``task.path``.
 
     Returns the path the tree now has (it is given to
     ``dptask_purge_directory``). First non-None result wins; when every
@@ -170,7 +181,8 @@ def dptask_update_records(task: TaskContext) -> bool | None:
 
     Never called in a dry run. The built-in sets ``directory_exists = false``
     and ``updated_at = task.now``, or with ``delete_database_records`` deletes
-    the task's steps and its row. The transaction commits after this hook; if
+    the task's steps and its row. ``task.transaction`` keeps the changes and
+    makes them, with the rest of the group's, just before the COMMIT; if
     anything fails before the commit, the directory is renamed back and the
     task fails.
 

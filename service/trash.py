@@ -219,6 +219,17 @@ class Trash:
             return False
         return True
 
+    def present(self, names: list[str]) -> set[str]:
+        """Those of ``names`` that exist in ``base_dir`` (lstat through the held
+        descriptor): one call a name, whatever the size of ``base_dir``."""
+        base_fd, _ = self._fds()
+        found = set()
+        for name in names:
+            with contextlib.suppress(OSError):
+                os.stat(name, dir_fd=base_fd, follow_symlinks=False)
+                found.add(name)
+        return found
+
     def base_names(self) -> list[str]:
         """The names in ``base_dir``, listed through the held descriptor."""
         base_fd, _ = self._fds()

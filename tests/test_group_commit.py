@@ -1,0 +1,163 @@
+"""A batch's tasks go in groups that share one transaction and one COMMIT; each
+task is still whole or gone on its own, with its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+
+import pytest
+
+from service.coalesce import Coalesced
+from service.hookspecs import hookimpl
+from tests.helpers import (
+    delete_ok,
+    insert_task,
+    make_task_dir,
+    send_in_background,
+    tree_snapshot,
+    wait_for,
+)
+from tests.test_faults import start_paused_delete
+
+IDS = [f"task_{c}" for c in "abcde"]
+LOCK_TIMEOUT_1S = "[database]\nlock_timeout = 1\n"
+
+
+def outcome(body):
+    data = body["data"]
+    return (
+        sorted(t["task_id"] for t in data["deleted_tasks"]),
+        {t["task_id"]: t["error_code"] for t in data["failed_tasks"]},
+    )
+
+
+@pytest.mark.parametrize("settings_text", [LOCK_TIMEOUT_1S], ids=["lock_timeout_1s"])
+async def test_a_row_held_elsewhere_fails_only_its_own_task(
+    client, task_factory, base_dir, pg, pipeline_session
+):
+    """The group cannot lock task_c's row (a pipeline worker holds it): the
+    others are still deleted, and task_c waits no longer than lock_timeout."""
+    for task_id in IDS:
+        task_factory(task_id, files=3)
+    before = tree_snapshot(base_dir / "task_c")
+    with pipeline_session.cursor() as cur:
+        cur.execute("SELECT * FROM data_pipeline_tasks WHERE task_id = 'task_c' FOR UPDATE")
+
+    body = await delete_ok(client, *IDS)
+
+    assert outcome(body) == (["task_a", "task_b", "task_d", "task_e"], {"task_c": "TASK_LOCKED"})
+    assert tree_snapshot(base_dir / "task_c") == before
+    pipeline_session.rollback()
+    for task_id in IDS:
+        assert pg.task(task_id)["directory_exists"] is (task_id == "task_c")
+        assert (base_dir / task_id).exists() is (task_id == "task_c")
+    assert list((base_dir / ".trash").iterdir()) == []
+
+
+@pytest.mark.parametrize("settings_text", [LOCK_TIMEOUT_1S], ids=["lock_timeout_1s"])
+async def test_a_step_row_held_elsewhere_fails_only_its_own_task(
+    client, task_factory, base_dir, pg, pipeline_session
+):
+    """Deleting the group's records meets a step row of task_c that a worker
+    holds: the group's COMMIT cannot happen, every tree goes back, and the
+    tasks are deleted one at a time: all but task_c."""
+    for task_id in IDS:
+        task_factory(task_id, files=3)
+    before = tree_snapshot(base_dir / "task_c")
+    with pipeline_session.cursor() as cur:
+        cur.execute(
+            "UPDATE data_pipeline_task_steps SET error_message = 'x' WHERE task_id = 'task_c'"
+        )
+
+    body = await delete_ok(client, *IDS, delete_database_records=True)
+
+    assert outcome(body) == (["task_a", "task_b", "task_d", "task_e"], {"task_c": "TASK_LOCKED"})
+    assert tree_snapshot(base_dir / "task_c") == before
+    pipeline_session.rollback()
+    assert pg.task("task_c")["directory_exists"] is True
+    assert len(pg.steps("task_c")) == 1
+    for task_id in ("task_a", "task_b", "task_d", "task_e"):
+        assert pg.task(task_id) is None
+        assert pg.steps(task_id) == []
+    assert list((base_dir / ".trash").iterdir()) == []
+
+
+class FailsAfterAskingForAChange:
+    """Asks for task_b's record change, then fails: the change must not be made."""
+
+    @hookimpl(tryfirst=True)
+    async def dptask_update_records(self, task):
+        if task.task_id == "task_b":
+            await task.transaction.set_directory_exists(False, task.now)
+            raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("plugins", [[FailsAfterAskingForAChange()]])
+async def test_a_task_failing_in_its_group_is_put_back_and_left_out_of_the_commit(
+    client, task_factory, base_dir, pg
+):
+    for task_id in IDS:
+        task_factory(task_id, files=3)
+    before = tree_snapshot(base_dir / "task_b")
+
+    body = await delete_ok(client, *IDS)
+
+    assert outcome(body) == (["task_a", "task_c", "task_d", "task_e"], {"task_b": "PLUGIN_ERROR"})
+    assert tree_snapshot(base_dir / "task_b") == before
+    assert pg.task("task_b")["directory_exists"] is True
+    for task_id in ("task_a", "task_c", "task_d", "task_e"):
+        assert pg.task(task_id)["directory_exists"] is False
+        assert not (base_dir / task_id).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["record", "purge"])
+def test_sigkill_of_a_group_settles_every_task_by_its_record(
+    service_factory, workdir, base_dir, pg, step
+):
+    """A real service killed while a group of five is in flight: before its
+    COMMIT every tree comes back and no record changed; after it, the restart
+    finishes every deletion."""
+    service, mark = start_paused_delete(service_factory, workdir, step, "task_a", {})
+    trees = {}
+    for task_id in IDS:
+        insert_task(pg, task_id)
+        trees[task_id] = tree_snapshot(make_task_dir(base_dir, task_id, files=20))
+    send_in_background(service.url, {"task_ids": IDS, "confirm": True})
+    wait_for(mark)
+    assert not any((base_dir / t).exists() for t in IDS)  # all five detached together
+    service.proc.send_signal(signal.SIGKILL)
+    service.proc.wait()
+
+    service_factory()  # restart, without the pausing plugin: its sweep settles the trash
+
+    committed = step == "purge"
+    for task_id in IDS:
+        assert pg.task(task_id)["directory_exists"] is not committed
+        if committed:
+            assert not (base_dir / task_id).exists()
+        else:
+            assert tree_snapshot(base_dir / task_id) == trees[task_id]
+    assert os.listdir(base_dir / ".trash") == []
+
+
+async def test_calls_in_one_turn_share_one_thread_and_keep_their_own_outcomes():
+    threads: list[int] = []
+
+    def work(n: int) -> int:
+        threads.append(threading.get_ident())
+        if n == 3:
+            raise ValueError(n)
+        return n * 10
+
+    coalesced = Coalesced(work)
+    outcomes = await asyncio.gather(*(coalesced(n) for n in range(6)), return_exceptions=True)
+
+    assert outcomes[:3] == [0, 10, 20] and outcomes[4:] == [40, 50]
+    assert isinstance(outcomes[3], ValueError)
+    assert len(threads) == 6 and len(set(threads)) == 1  # one worker thread for the turn
+    assert threading.get_ident() not in threads  # never on the event loop's thread
+    assert await coalesced(7) == 70  # a later turn: a new hop
