@@ -48,8 +48,6 @@ log = structlog.get_logger("service")
 
 # Dry runs of one batch at once (they walk, and share no transaction).
 DRY_RUNS_AT_ONCE = 4
-# Purges at once in one process (each walk shares out its files to the purge pool).
-PURGES_AT_ONCE = 8
 # A group's tasks ask for their lstat in the same turn of the loop: one thread hop.
 _lexists = Coalesced(os.path.lexists)
 # The DATABASE_ERROR message after a failed record step, by whether the tree is back.
@@ -152,7 +150,6 @@ class Deleter:
         self.trash = trash
         self.audit = audit
         self._settling: set[asyncio.Task[None]] = set()  # trees left for an unknown COMMIT
-        self._purging = asyncio.Semaphore(PURGES_AT_ONCE)
 
     def plan(self, ids: list[str], options: DeleteOptions) -> tuple[list[list[str]], int]:
         """The groups a batch's tasks go in (each group one transaction, one
@@ -382,8 +379,7 @@ class Deleter:
             if (e := moved.get(task.task_id)) is not None:
                 raise TaskFailed(errors.DETACH_FAILED, _MOVED_THEN_FAILED) from e.__cause__
             tree = detached.get(task.task_id)
-            async with self._purging:
-                stats = await self._purge(task, tree)
+            stats = await self._purge(task, tree)
             return _success(task, tree is not None, records.get(task.task_id, False), stats)
 
         done = await asyncio.gather(*(_outcome(t.task_id, finish(t)) for t in committing))

@@ -9,7 +9,6 @@ The detach's failures are ``TaskFailed`` with codes that name the cause
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from pathlib import Path
 
@@ -26,6 +25,10 @@ class DirectoryRemoval:
         # The pipeline makes the renames durable before the COMMIT, once for
         # all the tasks it commits together; their renames share a thread hop.
         self._detach = Coalesced(functools.partial(trash.detach, sync=False))
+        # A group's purges, one after the other in one thread: side by side they
+        # only queue on the trash directory's lock (each walk still shares out
+        # a big tree's files to the purge pool).
+        self._purge = Coalesced(trash.purge)
 
     @hookimpl
     async def dptask_detach_directory(self, task: TaskContext) -> Path:
@@ -35,4 +38,4 @@ class DirectoryRemoval:
     async def dptask_purge_directory(self, task: TaskContext, path: Path) -> fs.TreeStats | None:
         if not self.trash.owns(path):
             return None  # detached elsewhere by a plugin: that plugin purges it
-        return await asyncio.to_thread(self.trash.purge, path, task.batch.progress)
+        return await self._purge(path, task.batch.progress)
