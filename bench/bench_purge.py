@@ -2,7 +2,7 @@
 
 Run from the repository root (it prints results; it is not a test)::
 
-    python bench/bench_purge.py                   # 100,000 files, 2 rounds (~2.5 min here)
+    python bench/bench_purge.py                   # 100,000 files, 2 rounds (~4 min here)
     python bench/bench_purge.py --files 20000 --rounds 5 --dir /mnt/other-fs
 
 Every tree is built first (same names, same sizes, real data blocks), in a
@@ -27,6 +27,8 @@ Shapes:
          *.ddl, *_detail.md, qs_*_pair.json at the top (half the files),
          vector_bak/ (two CSVs of 2 and 3 MiB and 10 % of the files), four
          file_bak_<ts>/ backups (40 %); small files of 0.2-4 KiB
+  folders  N/100 files of 0.2-4 KiB in each of 100 folders (the issue's task:
+         100 x 1,000); each folder's names must be shared by every thread
   flat   one directory of N files of 100 bytes
   mixed  N/10 files of 0.2-4 KiB in 4x5 nested directories, 32 files of 1-4 MiB
   empty  (not by default) one directory of N empty files: no data blocks to
@@ -81,6 +83,12 @@ def shape_task(n: int) -> Iterator[tuple[str, str, int]]:
             yield backups[kind - 6], name, rnd.randint(200, 4096)
 
 
+def shape_folders(n: int) -> Iterator[tuple[str, str, int]]:
+    rnd = random.Random(3)
+    for i in range(n):
+        yield f"file_bak_{i % 100:03d}", f"qs_db_{i}_pair.json", rnd.randint(200, 4096)
+
+
 def shape_flat(n: int) -> Iterator[tuple[str, str, int]]:
     for i in range(n):
         yield "", f"qs_db_{i}_pair.json", 100
@@ -100,7 +108,13 @@ def shape_empty(n: int) -> Iterator[tuple[str, str, int]]:
         yield "", f"qs_db_{i}_pair.json", 0
 
 
-SHAPES = {"task": shape_task, "flat": shape_flat, "mixed": shape_mixed, "empty": shape_empty}
+SHAPES = {
+    "task": shape_task,
+    "folders": shape_folders,
+    "flat": shape_flat,
+    "mixed": shape_mixed,
+    "empty": shape_empty,
+}
 
 
 def build(shape: str, n: int, task_dir: Path) -> tuple[int, int]:
@@ -207,7 +221,7 @@ def run_shape(shape: str, rounds: int, work: Path, expect: dict, drop: bool) -> 
                 ours_t.append(result["seconds"])
                 rss.append(result["rss_kib"])
         print(
-            f"  {shape:5} round {r + 1}: {' then '.join(order):13}"
+            f"  {shape:7} round {r + 1}: {' then '.join(order):13}"
             f" rm -rf {rm_t[-1]:7.3f}s  purge {ours_t[-1]:7.3f}s"
             f"  ratio {rm_t[-1] / ours_t[-1]:5.2f}",
             flush=True,
@@ -237,7 +251,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=100_000, help="files per task/flat tree")
     parser.add_argument("--rounds", type=int, default=2, help="each order once per 2")
-    parser.add_argument("--shapes", default="task,flat,mixed", help=f"of {','.join(SHAPES)}")
+    parser.add_argument(
+        "--shapes", default="task,folders,flat,mixed", help=f"of {','.join(SHAPES)}"
+    )
     parser.add_argument("--dir", type=Path, default=ROOT, help="where to build (default: repo)")
     parser.add_argument("--drop-caches", action="store_true", help="start cold (root)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -278,10 +294,10 @@ def main() -> None:
         results = [run_shape(s, args.rounds, work, expect, args.drop_caches) for s in shapes]
 
         print(f"\nmedian of {args.rounds} rounds; ratio = rm_time / purge_time, >1: purge faster")
-        print(f"{'shape':6} {'files':>8} {'MiB':>7} {'rm -rf':>9} {'purge':>9} {'ratio':>6}")
+        print(f"{'shape':7} {'files':>8} {'MiB':>7} {'rm -rf':>9} {'purge':>9} {'ratio':>6}")
         for r in results:
             print(
-                f"{r['shape']:6} {r['files']:8,} {r['bytes'] / MiB:7.1f}"
+                f"{r['shape']:7} {r['files']:8,} {r['bytes'] / MiB:7.1f}"
                 f" {r['rm']:8.3f}s {r['ours']:8.3f}s {r['rm'] / r['ours']:6.2f}"
             )
 

@@ -163,6 +163,17 @@ def test_walks_in_many_worker_threads_share_one_small_pool(tmp_path: Path, small
     assert len([t for t in threading.enumerate() if t.name.startswith("purge")]) <= 2
 
 
+def test_purge_threads_run_at_a_lower_cpu_priority_than_their_caller(small_pool) -> None:
+    # So the event loop and PostgreSQL win the CPU while a large tree is purged.
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    caller = nice()
+    if caller == 19:
+        pytest.skip("already at the lowest priority")
+    assert fs._get_pool().submit(nice).result(timeout=10) == min(19, caller + fs._NICE) > caller
+
+
 # ---------------------------------------------------------------- symlinks and devices
 
 
