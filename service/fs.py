@@ -112,12 +112,15 @@ def directory_problem(base_dir: Path, path: Path) -> str | None:
     if not stat.S_ISDIR(st.st_mode):
         return "任务路径不是目录，拒绝删除"
     real_base = os.path.realpath(base_dir)
-    if os.path.dirname(os.path.realpath(path)) != real_base:
+    # A directory (not a symlink) named in base_dir resolves to real_base/name:
+    # one realpath per task, not one per component of the path again.
+    real = os.path.join(real_base, path.name) if path.parent == base_dir else os.path.realpath(path)
+    if os.path.dirname(real) != real_base:
         return "任务目录不在任务根目录之下，拒绝删除"
     try:
         if mounts.is_mount_point(path):
             return "任务目录本身是挂载点，拒绝删除"
-        inside = mounts.mounts_below(path)
+        inside = mounts.mounts_inside(real)
     except OSError as e:  # fail closed: a mount we cannot rule out is a mount
         return f"无法确认任务目录内有无挂载点，拒绝删除: {_reason(e)}"
     if st.st_dev != os.stat(real_base).st_dev:

@@ -223,7 +223,11 @@ def mount_points() -> list[str]:
 
 def mounts_below(path: Path) -> list[str]:
     """Mount points strictly inside the directory ``path`` (resolved), relative to it."""
-    real = os.path.realpath(path)
+    return mounts_inside(os.path.realpath(path))
+
+
+def mounts_inside(real: str) -> list[str]:
+    """``mounts_below`` for a path already resolved (``os.path.realpath``)."""
     prefix = real.rstrip("/") + "/"
     return sorted(
         {m[len(prefix) :] for m in mount_points() if m.startswith(prefix) and m != prefix}
