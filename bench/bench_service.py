@@ -259,6 +259,12 @@ class Service:
         self.stop()
         self.start()
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of the service process so far."""
+        assert self.proc
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def vmhwm_kib(self) -> int:
         assert self.proc
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -444,20 +450,27 @@ class Bench:
                 f"round {r + 1} {scen}: "
                 + "  ".join(f"{w} {self.f.values[f'{scen}_{w}'][-1]:.3f}s" for w in order)
             )
-        # Scenario 3: one-file tasks; the service sync, as a job, and the original.
-        built = self.fixtures([f"s3{w}" for w in ("svc", "job", "orig")], s.tasks3, 1, 1)
-        sets = {w: built[f"s3{w}"] for w in ("svc", "job", "orig")}
-        for who in ("svc", "job", "orig")[r % 3 :] + ("svc", "job", "orig")[: r % 3]:
+        # Scenario 3: one-file tasks; the service sync, as a job, and the original;
+        # rm -rf of the same folders and the service's CPU per task show the limits.
+        who3 = ("svc", "job", "orig", "rm")
+        built = self.fixtures([f"s3{w}" for w in who3], s.tasks3, 1, 1)
+        sets = {w: built[f"s3{w}"] for w in who3}
+        for who in who3[r % 4 :] + who3[: r % 4]:
             trees = sets[who]
             if who == "orig":
                 took, _ = sync_then(original, list(trees.values()), self.db_url)
+            elif who == "rm":
+                took, _ = sync_then(rm_rf, list(trees.values()))
             else:
+                cpu = self.service.cpu_seconds()
                 with Poller(self.service.url) as poll:
                     took, data = sync_then(
                         self.service.delete, list(trees), background=who == "job"
                     )
                 check(data, trees, f"s3 {who}")
                 if who == "svc":
+                    cpu_ms = (self.service.cpu_seconds() - cpu) * 1000 / s.tasks3
+                    self.f.add("s3_cpu_ms", cpu_ms)
                     self.f.add("s4_s3_p50", pct(poll.latencies, 50) * 1000)
                     self.f.add("s4_s3_p99", pct(poll.latencies, 99) * 1000)
             self.f.add(f"s3_{who}", s.tasks3 / took)
@@ -576,8 +589,14 @@ def table(f: Figures, sz: Sizes) -> list[str]:
         ratio(f"{scen[1]}. service / rm -rf", f"{scen}_svc", f"{scen}_rm", "<= 0.5 x",
               lambda x: x <= 0.5)  # fmt: skip
         ratio(f"{scen[1]}. service / original", f"{scen}_svc", f"{scen}_orig", "", None)
-    for who, label in (("svc", "one request"), ("job", "background job"), ("orig", "original")):
+    for who, label in (
+        ("svc", "one request"),
+        ("job", "background job"),
+        ("orig", "original"),
+        ("rm", "rm -rf (the disk's floor)"),
+    ):
         row(f"3. {sz.tasks3:,} one-file tasks: {label}", f"s3_{who}", ".0f", " tasks/s")
+    row("3. service CPU per task, one request", "s3_cpu_ms", ".2f", " ms")
     for who in ("svc", "job"):
         ratio(f"3. {who} / original (tasks/s)", f"s3_{who}", "s3_orig", ">= 10 x",
               lambda x: x >= 10)  # fmt: skip
