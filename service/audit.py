@@ -43,7 +43,6 @@ always one line.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import errno
 import fcntl
@@ -56,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from service.coalesce import Coalesced
 from service.formatting import iso
 
 if TYPE_CHECKING:
@@ -139,10 +139,12 @@ def _job(batch: BatchContext) -> dict[str, Any]:
 
 class AuditLog:
     # Space kept allocated beyond the end of the file, and the least of it that
-    # lets a deletion go on when the reservation cannot be topped up: a line is
-    # about 500 bytes, and a few groups of up to 50 tasks may be in flight at once.
-    reserve_bytes = 512 * 1024
-    min_headroom = 128 * 1024
+    # lets a deletion go on when the reservation cannot be topped up; on top of
+    # that, room for every line promised (reserved and not yet written): a
+    # task's line is about 400 bytes, more with a list of errors.
+    reserve_bytes = 256 * 1024
+    min_headroom = 32 * 1024
+    line_room = 2 * 1024
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -150,6 +152,8 @@ class AuditLog:
         self._fd: int | None = None
         # flock does not exclude the threads of one process; reentrant for reserve()'s probe line
         self._lock = threading.RLock()
+        self._promised = 0  # lines reserved and not yet written
+        self._write = Coalesced(self.write_lines)  # lines of one turn share a thread hop
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,16 +175,17 @@ class AuditLog:
             os.close(self._fd)
             self._fd = None
 
-    def reserve(self) -> None:
-        """Make sure the next lines can be written, or raise ``AuditUnavailable``.
+    def reserve(self, lines: int = 0) -> None:
+        """Make sure ``lines`` more lines can be written, on top of those
+        promised already (0: only check), or raise ``AuditUnavailable``.
 
-        Blocking: call it in a worker thread, before each task's directory is
+        Blocking: call it in a worker thread, before a group's directories are
         detached. It also ends the failed state once the file is writable again.
         """
         with self._lock:
             try:
                 self._reopen_if_replaced()
-                self._reserve()
+                self._reserve((self._promised + lines) * self.line_room)
             except OSError as e:
                 reason = f"{self.path}: {e.strerror or e}"
                 log.error("audit_unavailable", path=str(self.path), reason=reason)
@@ -197,6 +202,7 @@ class AuditLog:
                 )
                 log.warning("audit_resumed", path=str(self.path), after=self.failed)
                 self.failed = None
+            self._promised += lines
 
     def _reopen_if_replaced(self) -> None:
         """Reopen the path when the file under it is not ours (deleted, moved, rotated)."""
@@ -214,24 +220,26 @@ class AuditLog:
             os.close(fd)
             log.warning("audit_reopened", path=str(self.path))
 
-    def _reserve(self) -> None:
+    def _reserve(self, promised: int) -> None:
+        """Room past the end for ``promised`` bytes of lines and the headroom."""
         assert self._fd is not None
         st = os.fstat(self._fd)
+        need = self.min_headroom + promised
         try:
-            _fallocate_keep_size(self._fd, st.st_size, self.reserve_bytes)
+            _fallocate_keep_size(self._fd, st.st_size, max(self.reserve_bytes, need))
             return
         except OSError as e:
             if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
                 free = os.statvfs(self._fd)
                 available = free.f_bavail * free.f_frsize
-                if available < self.min_headroom:
+                if available < need:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from e
                 return
             if e.errno != errno.ENOSPC:
                 raise
         # The file system is full: what is left of the earlier reservation may do.
         st = os.fstat(self._fd)
-        if st.st_blocks * 512 - st.st_size < self.min_headroom:
+        if st.st_blocks * 512 - st.st_size < need:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def write_line(self, record: dict[str, Any]) -> None:
@@ -246,6 +254,7 @@ class AuditLog:
         or none and raise ``AuditUnavailable``. Blocking."""
         line = b"".join(map(encode_line, records))
         with self._lock:
+            self._promised = max(0, self._promised - len(records))
             fd = self._fd
             if fd is None:
                 raise RuntimeError("audit log is not open")
@@ -284,4 +293,4 @@ class AuditLog:
         for event, fields in events:
             log.info(event, **fields)
         records = [{"timestamp": now, "event": event, **fields} for event, fields in events]
-        await asyncio.to_thread(self.write_lines, records)
+        await self._write(records)

@@ -17,6 +17,7 @@ cancelled while its call runs leaves it to finish, as with
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -28,32 +29,38 @@ _Call = tuple[tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]
 
 class Coalesced(Generic[P, R]):
     """``await coalesced(*args)``: ``fn(*args)`` in a worker thread, together
-    with the other calls made in the same turn of the event loop."""
+    with the other calls made in the same turn of the event loop; with
+    ``threads`` > 1, those calls are shared out over that many threads (for
+    calls that may each be long, such as a purge)."""
 
-    def __init__(self, fn: Callable[P, R]) -> None:
+    def __init__(self, fn: Callable[P, R], *, threads: int = 1) -> None:
         self._fn = fn
-        self._calls: list[_Call] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads = threads
+        # Each event loop's calls of this turn; one loop per thread, but an
+        # instance may serve several (a module-level one in tests, the CLI).
+        self._calls: dict[asyncio.AbstractEventLoop, list[_Call]] = {}
+        self._lock = threading.Lock()
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         loop = asyncio.get_running_loop()
-        if self._calls and loop is not self._loop:  # another loop's turn: on its own
-            return await asyncio.to_thread(self._fn, *args, **kwargs)
         future: asyncio.Future[R] = loop.create_future()
-        if not self._calls:
-            self._loop = loop
-            loop.call_soon(self._start)
-        self._calls.append((args, kwargs, future))
+        with self._lock:
+            calls = self._calls.setdefault(loop, [])
+            if not calls:
+                loop.call_soon(self._start, loop)
+            calls.append((args, kwargs, future))
         return await future
 
-    def _start(self) -> None:
-        calls, self._calls = self._calls, []
-        loop = self._loop
-        assert loop is not None
-        try:
-            loop.run_in_executor(None, self._run, loop, calls)
-        except RuntimeError as e:  # the executor is shut down: the loop is closing
-            _settle([(future, None, e) for _, _, future in calls])
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            calls = self._calls.pop(loop, [])
+        shares = min(self._threads, len(calls))
+        for share in range(shares):
+            mine = calls[share::shares]
+            try:
+                loop.run_in_executor(None, self._run, loop, mine)
+            except RuntimeError as e:  # the executor is shut down: the loop is closing
+                _settle([(future, None, e) for _, _, future in mine])
 
     def _run(self, loop: asyncio.AbstractEventLoop, calls: list[_Call]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []

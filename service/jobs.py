@@ -406,10 +406,7 @@ class JobQueue:
             run.done += len(outcomes)
             entries = {i: {"ok": ok, "entry": entry} for i, (ok, entry) in outcomes.items()}
             await self._update(
-                run,
-                "results = results || %s::jsonb",
-                json.dumps(entries, default=str),
-                durable=False,
+                run, "results = results || %s::jsonb", json.dumps(entries, default=str)
             )
             return all(ok for ok, _ in outcomes.values())
 
@@ -490,19 +487,12 @@ class JobQueue:
             if rows[0]["cancel_requested"]:
                 run.cancelled = run.stopping = True
 
-    async def _update(self, run: _Run, assignments: str, *args: Any, durable: bool = True) -> None:
-        """Change this job's row while it is ours. ``durable=False`` for what
-        can be told again from the task records (the outcomes: a takeover
-        reads back any it lacks): that COMMIT does not wait for the WAL
-        flush, which the group's own COMMIT, next, does for it."""
-        async with self.db.transaction() as q:
-            if not durable:
-                await q("SET LOCAL synchronous_commit = off")
-            rows = await q(
-                f"UPDATE {JOBS} SET {assignments} WHERE job_id = %s AND owner = %s"
-                " RETURNING job_id",
-                (*args, run.job_id, self.owner),
-            )
+    async def _update(self, run: _Run, assignments: str, *args: Any) -> None:
+        """Change this job's row while it is ours."""
+        rows = await self.db.query(
+            f"UPDATE {JOBS} SET {assignments} WHERE job_id = %s AND owner = %s RETURNING job_id",
+            (*args, run.job_id, self.owner),
+        )
         if not rows:
             run.lost = True
 

@@ -33,7 +33,6 @@ from service.db import (
     CommitUnknown,
     Database,
     DatabaseError,
-    DatabaseUnavailable,
     TaskLocked,
     TaskTransaction,
 )
@@ -212,21 +211,37 @@ class Deleter:
                 tasks[task_id] = TaskContext(
                     task_id, self.settings.base_dir / task_id, batch, self.settings
                 )
-        if batch.options.dry_run:
-            for task in tasks.values():
-                outcomes[task.task_id] = await _outcome(task.task_id, self._dry_run(task))
-        elif tasks:
-            outcomes.update(await self._delete_together(tasks))
-        lines = []
-        for task_id, (ok, result) in outcomes.items():
+        concluded: dict[str, tuple[bool, dict[str, Any]]] = {}
+
+        async def conclude(task_id: str, outcome: tuple[bool, dict[str, Any]]) -> None:
+            """A task's outcome is final: its observers, then its audit line, at
+            once (a crash later in the group never loses them)."""
+            concluded[task_id] = outcome
+            ok, result = outcome
             result["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
             if (context := tasks.get(task_id)) is not None:
                 hook = "dptask_after_delete" if ok else "dptask_delete_failed"
                 await run_observers(self.pm, hook, task=context, result=result)
-            outcome = "deleted" if ok else "failed"
-            lines.append(("task_delete", task_record(batch, task_id, result, outcome)))
-        await self._audit_many(lines)
-        return outcomes
+            outcome_name = "deleted" if ok else "failed"
+            await self._audit("task_delete", task_record(batch, task_id, result, outcome_name))
+
+        try:
+            if batch.options.dry_run:
+                for task in tasks.values():
+                    outcomes[task.task_id] = await _outcome(task.task_id, self._dry_run(task))
+            elif tasks:
+                outcomes.update(await self._delete_together(tasks, conclude))
+        except Exception as e:
+            # A defect, not a task's failure: each task not yet concluded fails
+            # with it (the trash sweep settles any tree left there by its record),
+            # rather than the whole request with a 500.
+            log.exception("tasks_failed_unexpectedly", tasks=len(tasks))
+            for task_id in tasks:
+                outcomes.setdefault(task_id, (False, _failure_of(task_id, e)))
+        for task_id, outcome in outcomes.items():
+            if task_id not in concluded:
+                await conclude(task_id, outcome)
+        return {task_id: concluded[task_id] for task_id in dict.fromkeys(task_ids)}
 
     async def _check(self, task: TaskContext) -> None:
         """The pre-delete checks, then the before-removal hooks."""
@@ -254,14 +269,14 @@ class Deleter:
         return _success(task, task.directory_exists, records, stats)
 
     async def _delete_together(
-        self, tasks: dict[str, TaskContext]
+        self, tasks: dict[str, TaskContext], conclude: _Conclude
     ) -> dict[str, tuple[bool, dict[str, Any]]]:
         """Real runs of a group. When the group fails as a whole before its
         COMMIT (a row another session holds, a failed record update or
         COMMIT), nothing of it changed and every tree is back: its tasks are
         then deleted one at a time, each with its own outcome."""
         try:
-            return await self._delete_group(list(tasks.values()))
+            return await self._delete_group(list(tasks.values()), conclude)
         except _GroupFailed as e:
             failure = e
         outcomes: dict[str, tuple[bool, dict[str, Any]]] = {}
@@ -279,11 +294,11 @@ class Deleter:
                 outcomes[task_id] = (False, _failure_of(task_id, failure.cause))
             else:
                 tasks[task_id] = fresh = TaskContext(task_id, task.path, task.batch, task.settings)
-                outcomes.update(await self._delete_together({task_id: fresh}))
+                outcomes.update(await self._delete_together({task_id: fresh}, conclude))
         return outcomes
 
     async def _delete_group(
-        self, tasks: list[TaskContext]
+        self, tasks: list[TaskContext], conclude: _Conclude
     ) -> dict[str, tuple[bool, dict[str, Any]]]:
         """The protocol's steps 2 to 7 for a group of tasks: one transaction
         locks them all, each goes through the hooks up to its record update,
@@ -309,9 +324,9 @@ class Deleter:
                         task.running_steps = tx.running_steps
                         live.append(task)
                     live = await _each(live, self._check, outcomes)
-                    if any(t.directory_exists for t in live):
+                    if with_dirs := sum(t.directory_exists for t in live):
                         try:
-                            await self._reserve_audit()
+                            await self._reserve_audit(with_dirs)
                         except TaskFailed as e:
                             for task in live:
                                 if task.directory_exists:
@@ -375,15 +390,17 @@ class Deleter:
             raise _GroupFailed(e, restored) from e
 
         # Committed: from here on each tree is the trash's, whatever happens.
-        async def finish(task: TaskContext) -> dict[str, Any]:
+        async def purged(task: TaskContext) -> dict[str, Any]:
             if (e := moved.get(task.task_id)) is not None:
                 raise TaskFailed(errors.DETACH_FAILED, _MOVED_THEN_FAILED) from e.__cause__
             tree = detached.get(task.task_id)
             stats = await self._purge(task, tree)
             return _success(task, tree is not None, records.get(task.task_id, False), stats)
 
-        done = await asyncio.gather(*(_outcome(t.task_id, finish(t)) for t in committing))
-        outcomes.update(zip((t.task_id for t in committing), done, strict=True))
+        async def finish(task: TaskContext) -> None:
+            await conclude(task.task_id, await _outcome(task.task_id, purged(task)))
+
+        await asyncio.gather(*(finish(t) for t in committing))
         return outcomes
 
     async def _read_back(
@@ -398,8 +415,16 @@ class Deleter:
         is settled in the background when the database answers."""
         committed = []
         deadline = time.monotonic() + _SETTLE_SECONDS
-        for task in tasks:
-            answer = await self._committed(task, deadline)
+        for n, task in enumerate(tasks):
+            try:
+                answer = await self._committed(task, deadline)
+            except BaseException:
+                # Cancelled (or a defect): the trees not yet settled are settled
+                # by their records once the database answers, as for no answer.
+                for rest in tasks[n:]:
+                    if (tree := detached.pop(rest.task_id, None)) is not None:
+                        self._settle_later(rest, tree)
+                raise
             tree = detached.pop(task.task_id, None)
             if answer:
                 log.info("commit_confirmed", task_id=task.task_id)
@@ -418,19 +443,19 @@ class Deleter:
             outcomes[task.task_id] = (False, _failure(task.task_id, errors.DATABASE_ERROR, message))
         return committed
 
-    async def ready_to_delete(self) -> None:
-        """Raise ``AuditUnavailableError`` (503) while the audit cannot be written:
-        the request is refused whole, before any task starts."""
+    async def ready_to_delete(self, lines: int = 0) -> None:
+        """Raise ``AuditUnavailableError`` (503) while the audit cannot be written
+        (``lines`` more lines): the request is refused whole, before any task starts."""
         try:
-            await asyncio.to_thread(self.audit.reserve)
+            await asyncio.to_thread(self.audit.reserve, lines)
         except AuditUnavailable as e:
             raise errors.AuditUnavailableError() from e
 
-    async def _reserve_audit(self) -> None:
-        """The same check for one task, just before its rename: no deletion
-        without its audit line. The task fails, nothing changed."""
+    async def _reserve_audit(self, lines: int) -> None:
+        """The same check for a group's tasks, just before their renames: no
+        deletion without its audit line. They fail, nothing changed."""
         try:
-            await self.ready_to_delete()
+            await self.ready_to_delete(lines)
         except errors.AuditUnavailableError as e:
             raise TaskFailed(errors.AUDIT_UNAVAILABLE, e.message) from e
 
@@ -474,7 +499,7 @@ class Deleter:
         try:
             await asyncio.to_thread(self.trash.reattach, detached, task.task_id)
             return True
-        except OSError:
+        except Exception:  # OSError, or a tree a plugin moved outside the trash
             log.exception("reattach_failed", task_id=task.task_id, trash=str(detached))
             return False
 
@@ -491,7 +516,7 @@ class Deleter:
                 async with self.db.task_transaction(task.task_id) as tx:
                     tx.rollback_only = True
                     return deletion_committed(tx.record)
-            except (DatabaseUnavailable, TaskLocked):
+            except (DatabaseError, TaskLocked):  # e.g. a standby after a failover: wait
                 if time.monotonic() > deadline:
                     return None
                 await asyncio.sleep(0.5)
@@ -560,6 +585,10 @@ class Deleter:
 
 class _MovedThenFailed(Exception):
     """A detach hook failed after the directory had left its place."""
+
+
+# Called once a task's outcome is final (its observers and audit line).
+_Conclude = Callable[[str, tuple[bool, dict[str, Any]]], Awaitable[None]]
 
 
 class _GroupFailed(Exception):

@@ -184,8 +184,13 @@ class Trash:
 
     def sync(self) -> None:
         """Make every rename done so far between the base and the trash durable
-        (it survives a power loss): before a COMMIT that records trees gone."""
-        _fsync_quietly(*self._current(), task_id=None)
+        (it survives a power loss): before a COMMIT that records trees gone.
+        The descriptors retired by a re-open too: a rename may have gone
+        through them."""
+        held = self._current()
+        with self._lock:
+            fds = [*held, *self._retired]
+        _fsync_quietly(*fds, task_id=None)
 
     def reattach(self, detached: Path, task_id: str) -> None:
         """Put a detached tree back as ``base_dir/<task_id>``; never replaces

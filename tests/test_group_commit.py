@@ -7,12 +7,16 @@ import asyncio
 import os
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 
+from service import appkeys
 from service.coalesce import Coalesced
+from service.db import DatabaseError
 from service.hookspecs import hookimpl
 from tests.helpers import (
+    audit_lines,
     delete_ok,
     insert_task,
     make_task_dir,
@@ -113,6 +117,54 @@ async def test_a_task_failing_in_its_group_is_put_back_and_left_out_of_the_commi
         assert not (base_dir / task_id).exists()
 
 
+class DetachesElsewhereThenFails:
+    """task_a's tree is detached outside the trash (the hook allows it), and
+    task_c's record step raises a database error: the group fails as a whole."""
+
+    def __init__(self, where: Path) -> None:
+        self.where = where
+
+    @hookimpl(tryfirst=True)
+    def dptask_detach_directory(self, task):
+        if task.task_id != "task_a":
+            return None
+        self.where.mkdir(exist_ok=True)
+        os.rename(task.path, self.where / task.task_id)
+        return self.where / task.task_id
+
+    @hookimpl(tryfirst=True)
+    async def dptask_update_records(self, task):
+        if task.task_id == "task_c":
+            raise DatabaseError("the record step of one task failed")
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path) -> Path:
+    return tmp_path / "elsewhere"
+
+
+async def test_a_tree_that_cannot_go_back_fails_only_its_own_task(
+    client, task_factory, base_dir, pg, settings, elsewhere
+):
+    """Putting task_a's tree back fails (it is not in the trash): that task says
+    so, every other tree is back and its task is deleted, or fails, on its own;
+    every task has its audit line, and the request is answered."""
+    client.app[appkeys.PLUGINS].register(DetachesElsewhereThenFails(elsewhere))
+    for task_id in IDS:
+        task_factory(task_id, files=3)
+
+    body = await delete_ok(client, *IDS)
+
+    deleted, failed = outcome(body)
+    assert deleted == ["task_b", "task_d", "task_e"]
+    assert failed == {"task_a": "DATABASE_ERROR", "task_c": "DATABASE_ERROR"}
+    assert os.listdir(base_dir / ".trash") == []
+    assert (base_dir / "task_c").is_dir() and pg.task("task_c")["directory_exists"] is True
+    assert (elsewhere / "task_a").is_dir() and pg.task("task_a")["directory_exists"] is True
+    lines = [line for line in audit_lines(settings) if line["event"] == "task_delete"]
+    assert sorted(line["task_id"] for line in lines) == IDS
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("step", ["record", "purge"])
 def test_sigkill_of_a_group_settles_every_task_by_its_record(
@@ -161,3 +213,17 @@ async def test_calls_in_one_turn_share_one_thread_and_keep_their_own_outcomes():
     assert len(threads) == 6 and len(set(threads)) == 1  # one worker thread for the turn
     assert threading.get_ident() not in threads  # never on the event loop's thread
     assert await coalesced(7) == 70  # a later turn: a new hop
+
+
+async def test_calls_in_one_turn_can_be_shared_out_over_several_threads():
+    """Nine calls over three threads: the first of each share meet at a barrier,
+    which only three threads running at once can pass."""
+    meet = threading.Barrier(3, timeout=10)
+
+    def work(n: int) -> int:
+        if n < 3:
+            meet.wait()
+        return n
+
+    coalesced = Coalesced(work, threads=3)
+    assert await asyncio.gather(*(coalesced(n) for n in range(9))) == list(range(9))
