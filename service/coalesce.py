@@ -29,13 +29,10 @@ _Call = tuple[tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]
 
 class Coalesced(Generic[P, R]):
     """``await coalesced(*args)``: ``fn(*args)`` in a worker thread, together
-    with the other calls made in the same turn of the event loop; with
-    ``threads`` > 1, those calls are shared out over that many threads (for
-    calls that may each be long, such as a purge)."""
+    with the other calls made in the same turn of the event loop."""
 
-    def __init__(self, fn: Callable[P, R], *, threads: int = 1) -> None:
+    def __init__(self, fn: Callable[P, R]) -> None:
         self._fn = fn
-        self._threads = threads
         # Each event loop's calls of this turn; one loop per thread, but an
         # instance may serve several (a module-level one in tests, the CLI).
         self._calls: dict[asyncio.AbstractEventLoop, list[_Call]] = {}
@@ -54,13 +51,12 @@ class Coalesced(Generic[P, R]):
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             calls = self._calls.pop(loop, [])
-        shares = min(self._threads, len(calls))
-        for share in range(shares):
-            mine = calls[share::shares]
-            try:
-                loop.run_in_executor(None, self._run, loop, mine)
-            except RuntimeError as e:  # the executor is shut down: the loop is closing
-                _settle([(future, None, e) for _, _, future in mine])
+        if not calls:
+            return
+        try:
+            loop.run_in_executor(None, self._run, loop, calls)
+        except RuntimeError as e:  # the executor is shut down: the loop is closing
+            _settle([(future, None, e) for _, _, future in calls])
 
     def _run(self, loop: asyncio.AbstractEventLoop, calls: list[_Call]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []

@@ -213,17 +213,3 @@ async def test_calls_in_one_turn_share_one_thread_and_keep_their_own_outcomes():
     assert len(threads) == 6 and len(set(threads)) == 1  # one worker thread for the turn
     assert threading.get_ident() not in threads  # never on the event loop's thread
     assert await coalesced(7) == 70  # a later turn: a new hop
-
-
-async def test_calls_in_one_turn_can_be_shared_out_over_several_threads():
-    """Nine calls over three threads: the first of each share meet at a barrier,
-    which only three threads running at once can pass."""
-    meet = threading.Barrier(3, timeout=10)
-
-    def work(n: int) -> int:
-        if n < 3:
-            meet.wait()
-        return n
-
-    coalesced = Coalesced(work, threads=3)
-    assert await asyncio.gather(*(coalesced(n) for n in range(9))) == list(range(9))
