@@ -358,7 +358,9 @@ class Deleter:
                             assert task.transaction is not None
                             task.transaction.discard()
                             if (tree := detached.pop(task.task_id, None)) is not None:
-                                await self._reattach(task, tree)
+                                # Kept: if the group then fails, a tree that is not
+                                # back must not be run again as a task without one.
+                                restored[task.task_id] = await self._reattach(task, tree)
                             raise
 
                     updated = {t.task_id for t in await _each(live, update, outcomes)}

@@ -239,6 +239,14 @@ def wait_for(path: Path, timeout: float = 20) -> None:
         time.sleep(0.05)
 
 
+def wait_for_empty_trash(base_dir: Path, timeout: float = 60) -> None:
+    """Committed trees are purged in the background once a restarted service listens."""
+    deadline = time.monotonic() + timeout
+    while os.listdir(base_dir / ".trash"):
+        assert time.monotonic() < deadline, "the background sweep never emptied the trash"
+        time.sleep(0.05)
+
+
 # ---------------------------------------------------------------- a real service process
 
 

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -24,6 +23,7 @@ from tests.helpers import (
     send_in_background,
     tree_snapshot,
     wait_for,
+    wait_for_empty_trash,
     write_settings,
 )
 
@@ -210,11 +210,7 @@ def test_sigkill_between_record_and_purge_finishes_the_deletion(
     assert not task_dir.exists()
     record = pg.task("task_a")
     assert record is None if delete_records else record["directory_exists"] is False
-    # Committed trees are purged in the background once the service listens.
-    deadline = time.monotonic() + 60
-    while os.listdir(base_dir / ".trash"):
-        assert time.monotonic() < deadline, "the background sweep never emptied the trash"
-        time.sleep(0.05)
+    wait_for_empty_trash(base_dir)
 
 
 async def test_purge_failure_after_records_were_deleted_leaves_the_remains_in_the_trash(

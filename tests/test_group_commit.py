@@ -23,6 +23,7 @@ from tests.helpers import (
     send_in_background,
     tree_snapshot,
     wait_for,
+    wait_for_empty_trash,
 )
 from tests.test_faults import start_paused_delete
 
@@ -165,6 +166,40 @@ async def test_a_tree_that_cannot_go_back_fails_only_its_own_task(
     assert sorted(line["task_id"] for line in lines) == IDS
 
 
+class DetachesElsewhereThenFailsItsRecordOnce(DetachesElsewhereThenFails):
+    """task_a's tree goes outside the trash, then task_a's own record step
+    fails with a database error, once: its tree cannot go back, and the
+    group fails as a whole."""
+
+    def __init__(self, where: Path) -> None:
+        super().__init__(where)
+        self.failed = False
+
+    @hookimpl(tryfirst=True)
+    async def dptask_update_records(self, task):
+        if task.task_id == "task_a" and not self.failed:
+            self.failed = True
+            raise DatabaseError("the record step of task_a failed")
+
+
+async def test_a_task_whose_tree_did_not_go_back_is_not_run_again(
+    client, task_factory, base_dir, pg, elsewhere
+):
+    """Taken apart, the group runs its tasks again one at a time, but not
+    task_a: its directory is not in its place only because its tree could not
+    go back, and with allow_missing a second run would record it gone."""
+    client.app[appkeys.PLUGINS].register(DetachesElsewhereThenFailsItsRecordOnce(elsewhere))
+    for task_id in IDS:
+        task_factory(task_id, files=3)
+
+    body = await delete_ok(client, *IDS, allow_missing=True)
+
+    deleted, failed = outcome(body)
+    assert deleted == ["task_b", "task_c", "task_d", "task_e"]
+    assert failed == {"task_a": "DATABASE_ERROR"}
+    assert (elsewhere / "task_a").is_dir() and pg.task("task_a")["directory_exists"] is True
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("step", ["record", "purge"])
 def test_sigkill_of_a_group_settles_every_task_by_its_record(
@@ -193,7 +228,7 @@ def test_sigkill_of_a_group_settles_every_task_by_its_record(
             assert not (base_dir / task_id).exists()
         else:
             assert tree_snapshot(base_dir / task_id) == trees[task_id]
-    assert os.listdir(base_dir / ".trash") == []
+    wait_for_empty_trash(base_dir)
 
 
 async def test_calls_in_one_turn_share_one_thread_and_keep_their_own_outcomes():
