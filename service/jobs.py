@@ -399,6 +399,8 @@ class JobQueue:
             if new and not run.stopping:
                 started = {task_id: {"started": True} for task_id in new}
                 await self._update(run, "results = results || %s::jsonb", json.dumps(started))
+                if run.lost:  # the job is another runner's now, and so are its tasks
+                    return True
                 outcomes.update(await self.deleter.delete_tasks(new, batch))
             if not outcomes:
                 return True
