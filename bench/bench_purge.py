@@ -4,6 +4,7 @@ Run from the repository root (it prints results; it is not a test)::
 
     python bench/bench_purge.py                   # 100,000 files, 2 rounds (~4 min here)
     python bench/bench_purge.py --files 20000 --rounds 5 --dir /mnt/other-fs
+    python bench/bench_purge.py --shapes folders --threads 1,8,32   # the disk's floor
 
 Every tree is built first (same names, same sizes, real data blocks), in a
 temporary directory under --dir (default: the repository, so the same file
@@ -15,7 +16,9 @@ write-back; caches are NOT dropped unless --drop-caches is given (root only:
 cold).
 
 ``purge`` runs in a fresh child process, timed around the call alone, as the
-service would call it; its counts are checked against the tree that was
+service would call it, with a pool of ``--threads`` workers (several: one
+tree each per round, all in the rotation, to find where more threads stop
+helping); its counts are checked against the tree that was
 built, and the child reports its peak RSS growth (getrusage). ``rm -rf`` is
 timed around the subprocess (its start-up costs about a millisecond). The
 memory table adds trees of N/10 files and the peak of Python allocations
@@ -173,25 +176,26 @@ def time_rm(holder: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_purge(holder: Path, expect: tuple[int, int], mode: str = "rss") -> dict:
+def run_purge(holder: Path, expect: tuple[int, int], mode: str = "rss", threads: int = 8) -> dict:
     """``purge`` in a fresh process; its seconds and memory, counts checked."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(holder), mode],
+        [sys.executable, __file__, "--child", str(holder), mode, str(threads)],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
     result = json.loads(out)
     got = (result["files"], result["bytes"])
-    if result["errors"] or got != expect or holder.exists():
+    if result["errors"] or got != expect or (holder / "task").exists():
         sys.exit(f"purge of {holder} miscounted: {got} != {expect}, errors {result['errors']}")
     return result
 
 
-def child(path: str, mode: str) -> None:
+def child(path: str, mode: str, threads: str) -> None:
     import resource
     import tracemalloc
 
+    fs.configure(threads=int(threads), descriptors=256)
     holder = Path(path)
     if mode == "tracemalloc":
         tracemalloc.start()
@@ -205,30 +209,37 @@ def child(path: str, mode: str) -> None:
     print(json.dumps({**result, "seconds": seconds, "rss_kib": rss, "traced_kib": traced}))
 
 
-def run_shape(shape: str, rounds: int, work: Path, expect: dict, drop: bool) -> dict:
-    rm_t: list[float] = []
-    ours_t: list[float] = []
+def contenders(threads: list[int]) -> list[str]:
+    return ["rm", *(f"purge{t}" for t in threads)]
+
+
+def run_shape(
+    shape: str, rounds: int, work: Path, expect: dict, drop: bool, threads: list[int]
+) -> dict:
+    """Each round removes one tree per contender, the order rotating round by round."""
+    who_all = contenders(threads)
+    times: dict[str, list[float]] = {who: [] for who in who_all}
     rss: list[int] = []
     for r in range(rounds):
-        order = ["rm", "purge"] if r % 2 == 0 else ["purge", "rm"]
+        k = r % len(who_all)
+        order = who_all[k:] + who_all[:k]
         for who in order:
             holder = work / f"{shape}_{r}_{who}"
             settle(drop)
             if who == "rm":
-                rm_t.append(time_rm(holder))
+                times[who].append(time_rm(holder))
             else:
-                result = run_purge(holder, expect[holder])
-                ours_t.append(result["seconds"])
+                result = run_purge(holder, expect[holder], threads=int(who.removeprefix("purge")))
+                times[who].append(result["seconds"])
                 rss.append(result["rss_kib"])
         print(
-            f"  {shape:7} round {r + 1}: {' then '.join(order):13}"
-            f" rm -rf {rm_t[-1]:7.3f}s  purge {ours_t[-1]:7.3f}s"
-            f"  ratio {rm_t[-1] / ours_t[-1]:5.2f}",
+            f"  {shape:7} round {r + 1}: "
+            + "  ".join(f"{who} {times[who][-1]:.3f}s" for who in order),
             flush=True,
         )
     files, size = expect[work / f"{shape}_0_rm"]
-    rm_m, ours_m = statistics.median(rm_t), statistics.median(ours_t)
-    return {"shape": shape, "files": files, "bytes": size, "rm": rm_m, "ours": ours_m, "rss": rss}
+    medians = {who: statistics.median(t) for who, t in times.items()}
+    return {"shape": shape, "files": files, "bytes": size, "median": medians, "rss": rss}
 
 
 # ------------------------------------------------------------------ main
@@ -256,7 +267,10 @@ def main() -> None:
     )
     parser.add_argument("--dir", type=Path, default=ROOT, help="where to build (default: repo)")
     parser.add_argument("--drop-caches", action="store_true", help="start cold (root)")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threads", default="8", help="purge pool sizes to compare, e.g. 1,8,32 (default 8)"
+    )
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -269,16 +283,17 @@ def main() -> None:
         f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f},"
         f" {rm_version.splitlines()[0]}"
         f"\nfs: {describe_fs(work)}; before each removal: {caches}"
-        f"\npurge: workers={fs._threads} (process-wide), chunk={fs._CHUNK}; building in {work}",
+        f"\npurge: workers {args.threads} (process-wide), chunk={fs._CHUNK}; building in {work}",
         flush=True,
     )
     shapes = args.shapes.split(",")
+    threads = [int(t) for t in args.threads.split(",")]
     small = max(args.files // 10, 1)
     trees = [
         (work / f"{shape}_{r}_{who}", shape, args.files)
         for shape in shapes
         for r in range(args.rounds)
-        for who in ("rm", "purge")
+        for who in contenders(threads)
     ]
     extra = [
         (work / "mem_task_small", "task", small),
@@ -291,14 +306,22 @@ def main() -> None:
     ]
     try:
         expect = build_all(trees + extra)
-        results = [run_shape(s, args.rounds, work, expect, args.drop_caches) for s in shapes]
+        results = [
+            run_shape(s, args.rounds, work, expect, args.drop_caches, threads) for s in shapes
+        ]
 
-        print(f"\nmedian of {args.rounds} rounds; ratio = rm_time / purge_time, >1: purge faster")
-        print(f"{'shape':7} {'files':>8} {'MiB':>7} {'rm -rf':>9} {'purge':>9} {'ratio':>6}")
+        print(f"\nmedian of {args.rounds} rounds; ratio = purge_time / rm_time, <1: purge faster")
+        print(
+            f"{'shape':7} {'files':>8} {'MiB':>7} {'rm -rf':>9}"
+            + "".join(f" {f'purge x{t}':>11} {'ratio':>6}" for t in threads)
+        )
         for r in results:
+            m = r["median"]
             print(
-                f"{r['shape']:7} {r['files']:8,} {r['bytes'] / MiB:7.1f}"
-                f" {r['rm']:8.3f}s {r['ours']:8.3f}s {r['rm'] / r['ours']:6.2f}"
+                f"{r['shape']:7} {r['files']:8,} {r['bytes'] / MiB:7.1f} {m['rm']:8.3f}s"
+                + "".join(
+                    f" {m[f'purge{t}']:10.3f}s {m[f'purge{t}'] / m['rm']:6.2f}" for t in threads
+                )
             )
 
         print("\npeak memory of purge (KiB): RSS growth (max over rounds; it includes the")
