@@ -52,7 +52,7 @@ _lexists = Coalesced(os.path.lexists)
 # The DATABASE_ERROR message after a failed record step, by whether the tree is back.
 _RECORD_FAILED = {
     True: "数据库记录更新失败，目录已恢复，任务未删除",
-    False: "数据库记录更新失败，目录暂留回收区，重启服务时放回，任务未删除",
+    False: "数据库记录更新失败，目录未能放回原处（在回收区的，重启服务时放回），任务未删除",
 }
 # The DATABASE_ERROR message when a COMMIT's outcome stays unknown, by whether a tree waits.
 _COMMIT_UNKNOWN = {
@@ -273,8 +273,10 @@ class Deleter:
     ) -> dict[str, tuple[bool, dict[str, Any]]]:
         """Real runs of a group. When the group fails as a whole before its
         COMMIT (a row another session holds, a failed record update or
-        COMMIT), nothing of it changed and every tree is back: its tasks are
-        then deleted one at a time, each with its own outcome."""
+        COMMIT), none of its record changes was made and every tree that
+        could go back is back: its tasks are then deleted one at a time, each
+        with its own outcome, except those whose directory is not in its place
+        (a tree that could not go back, one a failing plugin moved): they fail."""
         try:
             return await self._delete_group(list(tasks.values()), conclude)
         except _GroupFailed as e:
@@ -285,7 +287,10 @@ class Deleter:
         for task_id, task in tasks.items():
             restored = failure.restored.get(task_id)
             alone = len(tasks) == 1 and not isinstance(failure.cause, TaskLocked)
-            if restored is not None and (alone or not restored):
+            if task_id in failure.moved:
+                # Moved by a failing plugin: not run again, its record said so again.
+                outcomes[task_id] = (False, await self._record_moved(task))
+            elif restored is not None and (alone or not restored):
                 # Its tree was detached when the group failed (one still in
                 # the trash is not run again): say whether it is back.
                 message = _RECORD_FAILED[restored]
@@ -389,7 +394,7 @@ class Deleter:
             if detached:  # the COMMIT itself failed
                 for task_id, tree in detached.items():
                     restored[task_id] = await self._reattach(_by_id(tasks, task_id), tree)
-            raise _GroupFailed(e, restored) from e
+            raise _GroupFailed(e, restored, set(moved)) from e
 
         # Committed: from here on each tree is the trash's, whatever happens.
         async def purged(task: TaskContext) -> dict[str, Any]:
@@ -404,6 +409,19 @@ class Deleter:
 
         await asyncio.gather(*(finish(t) for t in committing))
         return outcomes
+
+    async def _record_moved(self, task: TaskContext) -> dict[str, Any]:
+        """The failure of a task whose directory a failing detach hook moved, in a
+        group that then failed as a whole: its "not in place" went with the
+        group's ROLLBACK, so it is recorded again, in a transaction of its own."""
+        try:
+            async with self.db.task_transaction(task.task_id) as tx:
+                await tx.set_directory_exists(False, datetime.now())
+            message = _MOVED_THEN_FAILED
+        except (DatabaseError, TaskLocked):
+            log.exception("moved_directory_not_recorded", task_id=task.task_id)
+            message = _MOVED_NOT_RECORDED
+        return _failure(task.task_id, errors.DETACH_FAILED, message)
 
     async def _read_back(
         self,
@@ -594,16 +612,19 @@ _Conclude = Callable[[str, tuple[bool, dict[str, Any]]], Awaitable[None]]
 
 
 class _GroupFailed(Exception):
-    """A group failed as a whole before its COMMIT: nothing of it changed.
-    ``restored``: for each tree that had been detached, whether it is back."""
+    """A group failed as a whole before its COMMIT: none of its record changes
+    was made. ``restored``: for each tree that had been detached, whether it is
+    back; ``moved``: the tasks whose directory a failing detach hook moved."""
 
-    def __init__(self, cause: Exception, restored: dict[str, bool]) -> None:
+    def __init__(self, cause: Exception, restored: dict[str, bool], moved: set[str]) -> None:
         super().__init__(str(cause))
         self.cause = cause
         self.restored = restored
+        self.moved = moved
 
 
 _MOVED_THEN_FAILED = "移走任务目录的插件出错，目录已不在原处，记录已标记为不存在"
+_MOVED_NOT_RECORDED = "移走任务目录的插件出错，目录已不在原处，记录未能更新"
 
 
 def batch_data(

@@ -183,7 +183,7 @@ class DetachesElsewhereThenFailsItsRecordOnce(DetachesElsewhereThenFails):
 
 
 async def test_a_task_whose_tree_did_not_go_back_is_not_run_again(
-    client, task_factory, base_dir, pg, elsewhere
+    client, task_factory, base_dir, pg, settings, elsewhere
 ):
     """Taken apart, the group runs its tasks again one at a time, but not
     task_a: its directory is not in its place only because its tree could not
@@ -197,7 +197,47 @@ async def test_a_task_whose_tree_did_not_go_back_is_not_run_again(
     deleted, failed = outcome(body)
     assert deleted == ["task_b", "task_c", "task_d", "task_e"]
     assert failed == {"task_a": "DATABASE_ERROR"}
+    assert "未能放回原处" in body["data"]["failed_tasks"][0]["error"]
     assert (elsewhere / "task_a").is_dir() and pg.task("task_a")["directory_exists"] is True
+    for task_id in deleted:
+        assert not (base_dir / task_id).exists() and pg.task(task_id)["directory_exists"] is False
+    assert os.listdir(base_dir / ".trash") == []
+    lines = [line for line in audit_lines(settings) if line["event"] == "task_delete"]
+    assert sorted(line["task_id"] for line in lines) == IDS  # one line each, task_a's once
+
+
+class MovesThenFails(DetachesElsewhereThenFails):
+    """task_a's detach moves its directory, then fails; task_c's record step
+    fails with a database error, so the group fails as a whole."""
+
+    @hookimpl(tryfirst=True)
+    def dptask_detach_directory(self, task):
+        if task.task_id == "task_a":
+            super().dptask_detach_directory(task)
+            raise OSError("the plugin failed after its rename")
+        return None
+
+
+async def test_a_directory_moved_by_a_failing_plugin_stays_recorded_gone_when_its_group_fails(
+    client, task_factory, base_dir, pg, settings, elsewhere
+):
+    """task_a's "not in place" went with the group's ROLLBACK: it is recorded
+    again on its own, and task_a is not run again (with allow_missing a second
+    run would report it deleted with no files)."""
+    client.app[appkeys.PLUGINS].register(MovesThenFails(elsewhere))
+    for task_id in IDS:
+        task_factory(task_id, files=3)
+
+    body = await delete_ok(client, *IDS, allow_missing=True)
+
+    deleted, failed = outcome(body)
+    assert deleted == ["task_b", "task_d", "task_e"]
+    assert failed == {"task_a": "DETACH_FAILED", "task_c": "DATABASE_ERROR"}
+    assert (elsewhere / "task_a").is_dir() and pg.task("task_a")["directory_exists"] is False
+    assert (base_dir / "task_c").is_dir() and pg.task("task_c")["directory_exists"] is True
+    assert os.listdir(base_dir / ".trash") == []
+    lines = [line for line in audit_lines(settings) if line["event"] == "task_delete"]
+    assert sorted(line["task_id"] for line in lines) == IDS
 
 
 @pytest.mark.slow
