@@ -47,3 +47,17 @@ def test_small_benchmark_checks_its_counts_and_writes_the_table(
         assert figure in result.stdout, figure
     # The temporary folder is gone: fixtures and service data removed at the end.
     assert not list(tmp_path.glob("dptask-bench-*"))
+
+
+def test_profile_script_deletes_its_batches_and_reports_each(server_url: str) -> None:
+    """``bench/profile_tasks.py`` (without py-spy): every batch deleted, counts checked."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "profile_tasks.py"), "--tasks", "20",
+         "--batches", "2"],
+        env={**os.environ, "DATABASE_URL": server_url}, cwd=ROOT,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert sum("tasks/s   service CPU" in line for line in lines) == 2
+    assert lines[-1].startswith("median ")

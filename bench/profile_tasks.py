@@ -1,0 +1,112 @@
+"""Scenario 3 alone, repeated, optionally under py-spy: where a small task's time goes.
+
+    python bench/profile_tasks.py                  # tasks/s and CPU per task, batch by batch
+    python bench/profile_tasks.py --profile        # the same under py-spy (pip install py-spy)
+
+It starts the real service as ``bench_service.py`` does, deletes one warm-up
+batch, then ``--batches`` batches of ``--tasks`` one-file tasks in one request
+each, and prints each batch's tasks per second and the service's CPU per task.
+With ``--profile``, py-spy samples the service (only while a thread holds the
+interpreter lock: the CPU that bounds a small task) and the script prints the
+share of the samples spent inside each of the pipeline's main steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_service as bench
+
+# The steps a profile is summed by: a sample counts for each step its stack passes through.
+STEPS = {
+    "the walk (Trash.purge)": "Trash.purge",
+    "audit line and its log line (AuditLog.write_many)": "AuditLog.write_many",
+    "audit write in its thread (AuditLog.write_lines)": "AuditLog.write_lines",
+    "path and mount checks (directory_problem)": "directory_problem",
+    "the rename (Trash.detach)": "Trash.detach",
+    "the group's database work (Database.tasks_transaction)": "Database.tasks_transaction",
+    "worker threads, all (Thread.run)": "Thread.run",
+}
+
+
+def shares(raw: Path) -> dict[str, float]:
+    """Per step, the share of py-spy's samples (``--format raw``) inside it."""
+    total, inside = 0, collections.Counter[str]()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        names = {frame.split(" (")[0] for frame in stack.split(";")}
+        for step, function in STEPS.items():
+            if function in names:
+                inside[step] += n
+    return {step: 100 * inside[step] / max(total, 1) for step in STEPS}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=1000, help="one-file tasks per batch")
+    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="sample the service with py-spy")
+    args = parser.parse_args()
+    beside = Path(sys.executable).with_name("py-spy")  # a venv's, when it is not on PATH
+    spy_exe = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+    if args.profile and not spy_exe:
+        parser.error("--profile needs py-spy: pip install py-spy")
+
+    with tempfile.TemporaryDirectory(prefix="dptask-profile-") as tmp:
+        work = Path(tmp)
+        with bench.throwaway_database(work) as url:
+            base = work / "base"
+            base.mkdir()
+            service = bench.Service(work, base, url).start()
+            try:
+                fixtures = []
+                for b in range(args.batches + 1):
+                    ids = [f"p{b}_{i}" for i in range(args.tasks)]
+                    bench.insert_records(url, ids)
+                    trees = bench.build_many(
+                        [(base / i, 1, 1, n, False) for n, i in enumerate(ids)]
+                    )
+                    fixtures.append(dict(zip(ids, trees, strict=True)))
+                bench.check(service.delete(list(fixtures[0])), fixtures[0], "warm-up")
+                spy = None
+                raw = work / "profile.txt"
+                if spy_exe and args.profile:
+                    assert service.proc
+                    spy = subprocess.Popen(
+                        [spy_exe, "record", "-p", str(service.proc.pid), "-f", "raw",
+                         "-o", str(raw), "-r", "1000", "--gil", "--nonblocking"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )  # fmt: skip
+                    time.sleep(1)
+                rates = []
+                for trees in fixtures[1:]:
+                    cpu = service.cpu_seconds()
+                    took, data = bench.sync_then(service.delete, list(trees))
+                    bench.check(data, trees, "batch")
+                    cpu_ms = (service.cpu_seconds() - cpu) / len(trees) * 1000
+                    rates.append(len(trees) / took)
+                    print(f"{rates[-1]:7.0f} tasks/s   service CPU {cpu_ms:.2f} ms a task")
+                print(f"median {statistics.median(rates):.0f} tasks/s")
+                if spy:
+                    spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
+                    spy.wait(60)
+                    for step, share in shares(raw).items():
+                        print(f"{share:5.1f} %  {step}")
+            finally:
+                service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
