@@ -86,7 +86,7 @@ def main() -> int:
                     spy = subprocess.Popen(
                         [spy_exe, "record", "-p", str(service.proc.pid), "-f", "raw",
                          "-o", str(raw), "-r", "1000", "--gil", "--nonblocking"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL, stderr=(work / "py-spy.log").open("wb"),
                     )  # fmt: skip
                     time.sleep(1)
                 rates = []
@@ -100,7 +100,12 @@ def main() -> int:
                 print(f"median {statistics.median(rates):.0f} tasks/s")
                 if spy:
                     spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
-                    spy.wait(60)
+                    try:
+                        spy.wait(60)
+                    finally:
+                        spy.kill()
+                    if not raw.exists():
+                        sys.exit(f"py-spy wrote no profile: {(work / 'py-spy.log').read_text()}")
                     for step, share in shares(raw).items():
                         print(f"{share:5.1f} %  {step}")
             finally:

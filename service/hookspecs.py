@@ -17,12 +17,12 @@ hooks, result and audit line: a task that fails is put back and left out of
 the COMMIT, the others go on. If the group fails as a whole before its COMMIT
 (a row another session holds, a failed record update or COMMIT), none of its
 record changes is made, every tree that can go back goes back, and its tasks
-are deleted again one at a time, through every hook again; a task whose tree
-could not go back, or whose directory a failing detach hook moved, is not run
-again but fails. A ``dptask_before_removal`` hook must bear being run twice
-for one task (the archive plugin then writes a second archive, under a new
-timestamp; the first stays, as for any task that fails after archiving). For
-each task:
+are deleted again one at a time, through every hook again (a group of one
+just fails); a task whose tree could not go back, or whose directory a
+failing detach hook moved, is not run again but fails. A
+``dptask_before_removal`` hook must bear being run twice for one task (the
+archive plugin then writes a second archive, under a new timestamp; the first
+stays, as for any task that fails after archiving). For each task:
 
 1. **The id.** It must be one plain path component that matches
    ``tasks.id_pattern``; if not, the task fails with ``INVALID_TASK_ID``

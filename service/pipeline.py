@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,7 +52,7 @@ _lexists = Coalesced(os.path.lexists)
 # The DATABASE_ERROR message after a failed record step, by whether the tree is back.
 _RECORD_FAILED = {
     True: "数据库记录更新失败，目录已恢复，任务未删除",
-    False: "数据库记录更新失败，目录未能放回原处（在回收区的，重启服务时放回），任务未删除",
+    False: "数据库记录更新失败，目录未能放回原处，任务未删除",
 }
 # The DATABASE_ERROR message when a COMMIT's outcome stays unknown, by whether a tree waits.
 _COMMIT_UNKNOWN = {
@@ -289,17 +289,20 @@ class Deleter:
             alone = len(tasks) == 1 and not isinstance(failure.cause, TaskLocked)
             if task_id in failure.moved:
                 # Moved by a failing plugin: not run again, its record said so again.
-                outcomes[task_id] = (False, await self._record_moved(task))
+                failed = await self._record_moved(task)
             elif restored is not None and (alone or not restored):
                 # Its tree was detached when the group failed (one still in
                 # the trash is not run again): say whether it is back.
-                message = _RECORD_FAILED[restored]
-                outcomes[task_id] = (False, _failure(task_id, errors.DATABASE_ERROR, message))
+                failed = _failure(task_id, errors.DATABASE_ERROR, _RECORD_FAILED[restored])
             elif len(tasks) == 1:
-                outcomes[task_id] = (False, _failure_of(task_id, failure.cause))
+                failed = _failure_of(task_id, failure.cause)
             else:
                 tasks[task_id] = fresh = TaskContext(task_id, task.path, task.batch, task.settings)
                 outcomes.update(await self._delete_together({task_id: fresh}, conclude))
+                continue
+            # Final: its observers and audit line now, not after the others' re-runs.
+            outcomes[task_id] = (False, failed)
+            await conclude(task_id, outcomes[task_id])
         return outcomes
 
     async def _delete_group(
@@ -389,7 +392,7 @@ class Deleter:
             raise
         except CommitUnknown:
             # The server may still carry the COMMIT out: read the records back.
-            committing = await self._read_back(committing, detached, outcomes)
+            committing = await self._read_back(committing, detached, moved.keys(), outcomes)
         except Exception as e:
             if detached:  # the COMMIT itself failed
                 for task_id, tree in detached.items():
@@ -411,27 +414,34 @@ class Deleter:
         return outcomes
 
     async def _record_moved(self, task: TaskContext) -> dict[str, Any]:
-        """The failure of a task whose directory a failing detach hook moved, in a
-        group that then failed as a whole: its "not in place" went with the
-        group's ROLLBACK, so it is recorded again, in a transaction of its own."""
-        try:
+        """The failure of a task whose directory a failing detach hook moved, when
+        its group's COMMIT did not happen: its "not in place" went with the
+        ROLLBACK, so it is recorded again, in a transaction of its own (finished
+        even if the request is cancelled meanwhile)."""
+
+        async def record() -> bool:
             async with self.db.task_transaction(task.task_id) as tx:
-                await tx.set_directory_exists(False, datetime.now())
-            message = _MOVED_THEN_FAILED
+                return await tx.set_directory_exists(False, datetime.now())
+
+        try:
+            recorded = await asyncio.shield(record())
         except (DatabaseError, TaskLocked):
             log.exception("moved_directory_not_recorded", task_id=task.task_id)
-            message = _MOVED_NOT_RECORDED
+            recorded = False
+        message = _MOVED_THEN_FAILED if recorded else _MOVED_NOT_RECORDED
         return _failure(task.task_id, errors.DETACH_FAILED, message)
 
     async def _read_back(
         self,
         tasks: list[TaskContext],
         detached: dict[str, Path],
+        moved: Collection[str],
         outcomes: dict[str, tuple[bool, dict[str, Any]]],
     ) -> list[TaskContext]:
         """After a COMMIT with no answer: the tasks whose deletion turns out
         committed. The others get their failure (in ``outcomes``): a tree of
-        an uncommitted one is put back; one whose record still cannot be read
+        an uncommitted one is put back (a directory a failing plugin moved is
+        recorded not in place again); one whose record still cannot be read
         is settled in the background when the database answers."""
         committed = []
         deadline = time.monotonic() + _SETTLE_SECONDS
@@ -456,6 +466,9 @@ class Deleter:
                 if tree is not None:
                     self._settle_later(task, tree)
                 message = _COMMIT_UNKNOWN[tree is not None]
+            elif task.task_id in moved:
+                outcomes[task.task_id] = (False, await self._record_moved(task))
+                continue
             elif tree is not None:
                 message = _RECORD_FAILED[await self._reattach(task, tree)]
             else:

@@ -61,3 +61,22 @@ def test_profile_script_deletes_its_batches_and_reports_each(server_url: str) ->
     lines = result.stdout.splitlines()
     assert sum("tasks/s   service CPU" in line for line in lines) == 2
     assert lines[-1].startswith("median ")
+
+
+def test_profile_shares_count_each_sample_in_every_step_it_passes_through(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from profile_tasks import shares
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    raw = tmp_path / "raw.txt"
+    raw.write_text(  # py-spy's raw format: frames from the root, then the sample count
+        "_worker (concurrent/futures/thread.py:83);Thread.run (threading.py:982);"
+        "Trash.purge (service/trash.py:210);walk_at (service/fs.py:300) 3\n"
+        "run (asyncio/runners.py:190);AuditLog.write_many (service/audit.py:294) 1\n"
+    )
+    got = shares(raw)
+    assert got["the walk (Trash.purge)"] == 75.0
+    assert got["worker threads, all (Thread.run)"] == 75.0
+    assert got["audit line and its log line (AuditLog.write_many)"] == 25.0
+    assert got["the rename (Trash.detach)"] == 0.0

@@ -218,17 +218,18 @@ class MovesThenFails(DetachesElsewhereThenFails):
         return None
 
 
+@pytest.mark.parametrize("allow_missing", [True, False])
 async def test_a_directory_moved_by_a_failing_plugin_stays_recorded_gone_when_its_group_fails(
-    client, task_factory, base_dir, pg, settings, elsewhere
+    client, task_factory, base_dir, pg, settings, elsewhere, allow_missing
 ):
     """task_a's "not in place" went with the group's ROLLBACK: it is recorded
-    again on its own, and task_a is not run again (with allow_missing a second
-    run would report it deleted with no files)."""
+    again on its own, and task_a is not run again (a second run would report
+    it deleted with no files, or missing with its record still "exists")."""
     client.app[appkeys.PLUGINS].register(MovesThenFails(elsewhere))
     for task_id in IDS:
         task_factory(task_id, files=3)
 
-    body = await delete_ok(client, *IDS, allow_missing=True)
+    body = await delete_ok(client, *IDS, allow_missing=allow_missing)
 
     deleted, failed = outcome(body)
     assert deleted == ["task_b", "task_d", "task_e"]
@@ -238,6 +239,49 @@ async def test_a_directory_moved_by_a_failing_plugin_stays_recorded_gone_when_it
     assert os.listdir(base_dir / ".trash") == []
     lines = [line for line in audit_lines(settings) if line["event"] == "task_delete"]
     assert sorted(line["task_id"] for line in lines) == IDS
+
+
+class MovesThenFailsAlone:
+    """The detach hook moves task_a's directory, then fails."""
+
+    def __init__(self, where: Path) -> None:
+        self.where = where
+
+    @hookimpl(tryfirst=True)
+    def dptask_detach_directory(self, task):
+        self.where.mkdir(exist_ok=True)
+        os.rename(task.path, self.where / task.task_id)
+        raise OSError("the plugin failed after its rename")
+
+
+@pytest.mark.parametrize("settings_text", ["[database]\ntimeout = 1\n"], ids=["timeout_1s"])
+async def test_a_moved_directory_is_recorded_again_when_an_unknown_commit_did_not_happen(
+    client, task_factory, pg, settings, elsewhere
+):
+    """The group's COMMIT outlasts database.timeout (a deferred trigger sleeps),
+    then the server rolls it back: read back, task_a's record still says "in
+    place" though a failing plugin moved its directory; it is recorded again."""
+    client.app[appkeys.PLUGINS].register(MovesThenFailsAlone(elsewhere))
+    task_factory("task_a", files=3)
+    # Only the group's COMMIT is refused: nextval is not rolled back.
+    pg.rows("DROP SEQUENCE IF EXISTS dptask_test_once")
+    pg.rows("CREATE SEQUENCE dptask_test_once")
+    pg.rows(
+        "CREATE OR REPLACE FUNCTION dptask_test_refused_late() RETURNS trigger AS $$"
+        " BEGIN IF nextval('dptask_test_once') = 1 THEN PERFORM pg_sleep(2);"
+        " RAISE EXCEPTION 'refused at commit'; END IF; RETURN NULL; END $$ LANGUAGE plpgsql"
+    )
+    pg.rows(
+        "CREATE CONSTRAINT TRIGGER dptask_test_refused_late AFTER UPDATE ON data_pipeline_tasks"
+        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION dptask_test_refused_late()"
+    )
+
+    body = await delete_ok(client, "task_a")
+
+    assert outcome(body) == ([], {"task_a": "DETACH_FAILED"})
+    assert (elsewhere / "task_a").is_dir() and pg.task("task_a")["directory_exists"] is False
+    lines = [line for line in audit_lines(settings) if line["event"] == "task_delete"]
+    assert [line["task_id"] for line in lines] == ["task_a"]
 
 
 @pytest.mark.slow
