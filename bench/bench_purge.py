@@ -262,6 +262,17 @@ def describe_fs(path: Path) -> str:
         return "unknown"
 
 
+def pool_sizes(text: str) -> list[int]:
+    """``--threads``: distinct pool sizes, each 1 or more, in increasing order."""
+    try:
+        sizes = sorted({int(t) for t in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if sizes[0] < 1:
+        raise argparse.ArgumentTypeError("each pool size must be 1 or more")
+    return sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=100_000, help="files per task/flat tree")
@@ -272,7 +283,10 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=ROOT, help="where to build (default: repo)")
     parser.add_argument("--drop-caches", action="store_true", help="start cold (root)")
     parser.add_argument(
-        "--threads", default="8", help="purge pool sizes to compare, e.g. 1,8,32 (default 8)"
+        "--threads",
+        type=pool_sizes,
+        default=[8],
+        help="purge pool sizes to compare, e.g. 1,8,32 (default 8)",
     )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -280,6 +294,7 @@ def main() -> None:
         child(*args.child)
         return
 
+    threads: list[int] = args.threads
     work = Path(tempfile.mkdtemp(prefix=".bench_purge_", dir=args.dir))
     caches = "sync, then drop_caches" if args.drop_caches else "sync only, caches warm"
     rm_version = subprocess.run(["rm", "--version"], capture_output=True, text=True).stdout
@@ -287,13 +302,11 @@ def main() -> None:
         f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f},"
         f" {rm_version.splitlines()[0]}"
         f"\nfs: {describe_fs(work)}; before each removal: {caches}"
-        f"\npurge: workers {args.threads} (process-wide), chunk={fs._CHUNK}; building in {work}",
+        f"\npurge: workers {','.join(map(str, threads))} (process-wide), chunk={fs._CHUNK};"
+        f" building in {work}",
         flush=True,
     )
     shapes = args.shapes.split(",")
-    threads = sorted({int(t) for t in args.threads.split(",")})
-    if threads[0] < 1:
-        parser.error("--threads: each pool size must be 1 or more")
     pool = 8 if 8 in threads else threads[-1]  # the pool size memory is measured at
     small = max(args.files // 10, 1)
     trees = [

@@ -80,14 +80,15 @@ def main() -> int:
                     fixtures.append(dict(zip(ids, trees, strict=True)))
                 bench.check(service.delete(list(fixtures[0])), fixtures[0], "warm-up")
                 spy = None
-                raw = work / "profile.txt"
-                if spy_exe and args.profile:
-                    assert service.proc
-                    spy = subprocess.Popen(
-                        [spy_exe, "record", "-p", str(service.proc.pid), "-f", "raw",
-                         "-o", str(raw), "-r", "1000", "--gil", "--nonblocking"],
-                        stdout=subprocess.DEVNULL, stderr=(work / "py-spy.log").open("wb"),
-                    )  # fmt: skip
+                raw, spy_log = work / "profile.txt", work / "py-spy.log"
+                if args.profile:
+                    assert service.proc and spy_exe
+                    with spy_log.open("wb") as errors:  # the child keeps its own copy
+                        spy = subprocess.Popen(
+                            [spy_exe, "record", "-p", str(service.proc.pid), "-f", "raw",
+                             "-o", str(raw), "-r", "1000", "--gil", "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=errors,
+                        )  # fmt: skip
                     time.sleep(1)
                 rates = []
                 for trees in fixtures[1:]:
@@ -105,7 +106,7 @@ def main() -> int:
                     finally:
                         spy.kill()
                     if not raw.exists():
-                        sys.exit(f"py-spy wrote no profile: {(work / 'py-spy.log').read_text()}")
+                        sys.exit(f"py-spy wrote no profile: {spy_log.read_text()}")
                     for step, share in shares(raw).items():
                         print(f"{share:5.1f} %  {step}")
             finally:
