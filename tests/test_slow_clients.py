@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.server import BACKLOG, FIXED_RESERVE, connection_limit
+from service.server import ACCEPTS_IN_FLIGHT, FIXED_RESERVE, connection_limit
 from tests.helpers import URL
 
 # A load or fault test: .ci/run runs it once, not again on the embedded server.
@@ -149,7 +149,7 @@ def test_an_authenticated_request_is_answered_while_1100_idle_connections_are_op
     events = json_lines(service.log)
     (limit_line,) = [e for e in events if e["event"] == "connection_limit"]
     assert limit_line["configured"] == 2000
-    assert 1 <= limit_line["max_connections"] <= 1024 - 256 - FIXED_RESERVE - BACKLOG
+    assert 1 <= limit_line["max_connections"] <= 1024 - 256 - FIXED_RESERVE - ACCEPTS_IN_FLIGHT
     if header_timeout == 60:  # the bound was reached, and said so (once per 10 s)
         assert 1 <= len([e for e in events if e["event"] == "connection_evicted"]) <= 3
 
@@ -290,5 +290,6 @@ def test_accept_running_out_of_descriptors_is_one_json_line_not_a_traceback(serv
 
 def test_the_connection_bound_leaves_room_under_the_descriptor_limit():
     assert connection_limit(512, 256, soft_limit=100_000) == 512
-    assert connection_limit(2000, 256, soft_limit=1024) == 1024 - 256 - 10 - FIXED_RESERVE - BACKLOG
+    room = 1024 - 256 - 10 - FIXED_RESERVE - ACCEPTS_IN_FLIGHT
+    assert connection_limit(2000, 256, soft_limit=1024) == room
     assert connection_limit(512, 256, soft_limit=300) == 1  # never zero
