@@ -8,9 +8,12 @@ jobs whose lease expired (their instance died), one at a time with
 A job runs its tasks through ``Deleter.delete_tasks``, in the groups and
 with the ``continue_on_error`` rule the pipeline DELETE uses, and its result
 is built by ``pipeline.batch_data`` like the DELETE response's data. Each
-group's outcomes are written into ``results`` as soon as they are known, and
-its tasks are marked ``started`` there before they run, so that a job taken over
-after its instance died never runs or reports a finished task again. A task
+group's outcomes are written into ``dptask_job_results`` (a row a task) as
+soon as they are known, and its tasks are marked ``started`` there before they
+run, so that a job taken over after its instance died never runs or reports a
+finished task again. Those writes are guarded by the job's row: they land only
+while the job is this runner's (``FOR SHARE`` of it, which a takeover's
+``UPDATE`` waits for, and then finds the writes made). A task
 that was started and has no outcome may have been anywhere in the protocol
 when its instance died: its trees in the trash are settled first (put back
 if uncommitted, purged if committed, as the start-up sweep does); a task
@@ -35,7 +38,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,12 +60,13 @@ from service.pipeline import (
     batch_message,
 )
 from service.progress import Progress
+from service.schema import JOB_RESULTS, JOBS
 from service.settings import Settings
 from service.trash import Trash, deletion_committed, settle
 
 log = structlog.get_logger("service")
 
-JOBS = "dptask_jobs"
+Rows = list[dict[str, Any]]
 STATUSES = ("queued", "running", "succeeded", "partial", "failed", "cancelled")
 KINDS = ("delete", "cleanup")
 FINISHED = ("succeeded", "partial", "failed", "cancelled")
@@ -179,7 +183,7 @@ class JobQueue:
                 ids = row["task_ids"] or []
                 now = datetime.now()
                 # A job a drain put back may have finished some tasks already.
-                stored = row["results"] or {}
+                stored = await _stored(q, row)
                 done = [
                     (stored[i]["ok"], stored[i]["entry"]) if "entry" in stored.get(i, {}) else None
                     for i in ids
@@ -283,7 +287,10 @@ class JobQueue:
         """Delete the jobs finished more than ``jobs.retention_days`` ago."""
         cut = datetime.now() - timedelta(days=self.settings.job_retention_days)
         rows = await self.db.query(
-            f"DELETE FROM {JOBS} WHERE finished_at < %s RETURNING job_id", (cut,)
+            f"WITH gone AS (DELETE FROM {JOBS} WHERE finished_at < %s RETURNING job_id),"
+            f" outcomes AS (DELETE FROM {JOB_RESULTS} WHERE job_id IN (SELECT job_id FROM gone))"
+            " SELECT job_id FROM gone",
+            (cut,),
         )
         if rows:
             log.info("jobs_expired", count=len(rows))
@@ -294,8 +301,8 @@ class JobQueue:
     async def _execute(self, run: _Run) -> None:
         row = run.row
         options = DeleteOptions(**row["options"])
-        taken_over = bool(row["results"])
         try:
+            stored = await _stored(self.db.query, row)
             if row["task_ids"] is None:  # a clean-up: its tasks are chosen when it starts
                 selection = row["selection"] or {}
                 most = min(
@@ -323,10 +330,9 @@ class JobQueue:
                     "request_id": row["request_id"],
                     "actor": row["actor"],
                     "tasks": len(ids),
-                    "resumed": taken_over,
+                    "resumed": bool(stored),
                 },
             )
-            stored: dict[str, Any] = dict(row["results"] or {})
             results: dict[str, tuple[bool, dict[str, Any]]] = {
                 k: (v["ok"], v["entry"]) for k, v in stored.items() if "entry" in v
             }
@@ -397,8 +403,7 @@ class JobQueue:
                         continue
                 new.append(task_id)  # never committed, back in place: run it (again)
             if new and not run.stopping:
-                started = {task_id: {"started": True} for task_id in new}
-                await self._update(run, "results = results || %s::jsonb", json.dumps(started))
+                await self._record(run, {task_id: {"started": True} for task_id in new})
                 if run.lost:  # the job is another runner's now, and so are its tasks
                     return True
                 outcomes.update(await self.deleter.delete_tasks(new, batch))
@@ -406,9 +411,8 @@ class JobQueue:
                 return True
             results.update(outcomes)
             run.done += len(outcomes)
-            entries = {i: {"ok": ok, "entry": entry} for i, (ok, entry) in outcomes.items()}
-            await self._update(
-                run, "results = results || %s::jsonb", json.dumps(entries, default=str)
+            await self._record(
+                run, {i: {"ok": ok, "entry": entry} for i, (ok, entry) in outcomes.items()}
             )
             return all(ok for ok, _ in outcomes.values())
 
@@ -489,6 +493,20 @@ class JobQueue:
             if rows[0]["cancel_requested"]:
                 run.cancelled = run.stopping = True
 
+    async def _record(self, run: _Run, outcomes: dict[str, dict[str, Any]]) -> None:
+        """Write tasks' outcomes (or ``started`` marks) while the job is ours:
+        its row share-locked, so a takeover waits for them and then sees them."""
+        rows = await self.db.query(
+            f"INSERT INTO {JOB_RESULTS} (job_id, task_id, outcome)"
+            f" SELECT j.job_id, o.key, o.value FROM {JOBS} j, jsonb_each(%s::jsonb) o"
+            " WHERE j.job_id = %s AND j.owner = %s FOR SHARE OF j"
+            " ON CONFLICT (job_id, task_id) DO UPDATE SET outcome = EXCLUDED.outcome"
+            " RETURNING task_id",
+            (json.dumps(outcomes, default=str), run.job_id, self.owner),
+        )
+        if not rows:
+            run.lost = True
+
     async def _update(self, run: _Run, assignments: str, *args: Any) -> None:
         """Change this job's row while it is ours."""
         rows = await self.db.query(
@@ -517,6 +535,15 @@ class _Run:
     def progress_json(self) -> dict[str, int]:
         files, bytes_ = self.progress.snapshot()
         return _progress(self.total, self.done, files, bytes_)
+
+
+async def _stored(query: Callable[..., Awaitable[Rows]], row: dict[str, Any]) -> dict[str, Any]:
+    """A job's task outcomes so far (task_id -> outcome or ``started`` mark):
+    its rows, over what an earlier version kept in the job's ``results``."""
+    rows = await query(
+        f"SELECT task_id, outcome FROM {JOB_RESULTS} WHERE job_id = %s", (row["job_id"],)
+    )
+    return {**(row["results"] or {}), **{r["task_id"]: r["outcome"] for r in rows}}
 
 
 def _progress(total: int, done: int, files: int, bytes_: int) -> dict[str, int]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 TASKS = "data_pipeline_tasks"
 STEPS = "data_pipeline_task_steps"
 JOBS = "dptask_jobs"  # the service's own: background deletion jobs (service/jobs.py)
+JOB_RESULTS = "dptask_job_results"  # and each task's outcome in a job
 
 CREATE_TASKS = f"""
     CREATE TABLE IF NOT EXISTS {TASKS} (
@@ -70,9 +71,9 @@ CREATE_STEPS = f"""
         error_message text
     )
     """
-# Background jobs. task_ids is fixed when the job starts; results holds each
-# task's outcome as it completes (task_id -> {"started": true} while it runs,
-# then {"ok": ..., "entry": ...}); heartbeat_at is the lease, on the server's clock.
+# Background jobs. task_ids is fixed when the job starts; heartbeat_at is the
+# lease, on the server's clock. results is where an earlier version kept each
+# task's outcome: it is read when such a job is taken over, never written.
 CREATE_JOBS = f"""
     CREATE TABLE IF NOT EXISTS {JOBS} (
         job_id text PRIMARY KEY,
@@ -118,6 +119,20 @@ INDEXES = {
     "dptask_jobs_created_at_idx": (JOBS, "(created_at DESC)"),
 }
 
+# Each task's outcome in a job, a row a task, as it completes: {"started": true}
+# while it runs, then {"ok": ..., "entry": ...}. A row, not a key of one jsonb
+# value in the job's row: a value rewritten whole at every group made a job's
+# writes grow with the square of its tasks. No foreign key: creating one would
+# lock dptask_jobs, which running jobs update; expired jobs take their rows along.
+CREATE_JOB_RESULTS = f"""
+    CREATE TABLE IF NOT EXISTS {JOB_RESULTS} (
+        job_id text NOT NULL,
+        task_id text NOT NULL,
+        outcome jsonb NOT NULL,
+        PRIMARY KEY (job_id, task_id)
+    )
+    """
+
 # Scheduled clean-ups (service.cleanup): each schedule's last run, shared by every instance.
 SCHEDULES = "dptask_schedules"
 CREATE_SCHEDULES = f"""
@@ -137,7 +152,7 @@ CATALOG_QUERY = """
                AS columns
     FROM unnest(%s::text[]) AS n(name)
     """
-CATALOG_NAMES = [TASKS, STEPS, JOBS, SCHEDULES, *INDEXES]
+CATALOG_NAMES = [TASKS, STEPS, JOBS, JOB_RESULTS, SCHEDULES, *INDEXES]
 
 # pg_locks modes that conflict with each mode a change takes (the table in
 # the PostgreSQL manual, "Conflicting Lock Modes").
@@ -211,7 +226,8 @@ def missing_changes(catalog: dict[str, tuple[bool, list[str]]]) -> list[Change]:
         table = TASKS if TASKS in present else None
         changes.append(Change(f"table {STEPS}", CREATE_STEPS, table, "ShareRowExclusiveLock"))
     # The service's own tables: nobody else's lock stands in their way.
-    for table, create in ((JOBS, CREATE_JOBS), (SCHEDULES, CREATE_SCHEDULES)):
+    own = ((JOBS, CREATE_JOBS), (JOB_RESULTS, CREATE_JOB_RESULTS), (SCHEDULES, CREATE_SCHEDULES))
+    for table, create in own:
         if table not in present:
             changes.append(Change(f"table {table}", create))
     for index, (table, definition) in INDEXES.items():

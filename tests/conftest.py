@@ -83,7 +83,7 @@ def pg(database_url: str) -> Iterator[Pg]:
     pg = Pg(database_url)
     pg.rows(
         "DROP TABLE IF EXISTS data_pipeline_task_steps, data_pipeline_tasks, dptask_jobs,"
-        " dptask_schedules CASCADE"
+        " dptask_job_results, dptask_schedules CASCADE"
     )
     try:
         yield pg

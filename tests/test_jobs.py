@@ -200,6 +200,28 @@ def insert_job(pg: Pg, task_ids: list[str], **options: Any) -> str:
     return job_id
 
 
+def stored(pg: Pg, job_id: str) -> dict[str, Any]:
+    """A job's task outcomes so far, as its runners wrote them."""
+    rows = pg.rows("SELECT task_id, outcome FROM dptask_job_results WHERE job_id = %s", (job_id,))
+    return {r["task_id"]: r["outcome"] for r in rows}
+
+
+def store(pg: Pg, job_id: str, outcomes: dict[str, Any], *, legacy: bool = False) -> None:
+    """Task outcomes as a runner that died wrote them: rows of
+    dptask_job_results, or (``legacy``) the job row's ``results``, where a
+    version before that table kept them."""
+    if legacy:
+        pg.rows(
+            "UPDATE dptask_jobs SET results = %s::jsonb WHERE job_id = %s",
+            (json.dumps(outcomes), job_id),
+        )
+    for task_id, outcome in ({} if legacy else outcomes).items():
+        pg.rows(
+            "INSERT INTO dptask_job_results (job_id, task_id, outcome) VALUES (%s, %s, %s::jsonb)",
+            (job_id, task_id, json.dumps(outcome)),
+        )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_an_instance_ends_then_another_finishes_the_job(
@@ -218,8 +240,8 @@ def test_an_instance_ends_then_another_finishes_the_job(
 
     deadline = time.monotonic() + 60
     while True:  # kill it in the middle of the job
-        row = pg.rows("SELECT results, status FROM dptask_jobs WHERE job_id = %s", (job_id,))[0]
-        done = [t for t, r in row["results"].items() if "entry" in r]
+        row = pg.rows("SELECT status FROM dptask_jobs WHERE job_id = %s", (job_id,))[0]
+        done = [t for t, r in stored(pg, job_id).items() if "entry" in r]
         if len(done) >= 2:
             break
         assert row["status"] != "succeeded" and time.monotonic() < deadline, row
@@ -229,12 +251,13 @@ def test_an_instance_ends_then_another_finishes_the_job(
     else:
         first.stop()  # SIGTERM, then waits for the process to end
     row = pg.rows("SELECT * FROM dptask_jobs WHERE job_id = %s", (job_id,))[0]
-    assert len(row["results"]) < len(ids)
+    outcomes = stored(pg, job_id)
+    assert len(outcomes) < len(ids)
     if how == "SIGKILL":
         assert row["status"] == "running"
     else:
         assert row["status"] == "queued" and row["owner"] is None
-        assert all("entry" in r for r in row["results"].values())  # nothing left in flight
+        assert all("entry" in r for r in outcomes.values())  # nothing left in flight
 
     second = service_factory(settings_text=config)
     deadline = time.monotonic() + 60
@@ -259,9 +282,12 @@ def test_an_instance_ends_then_another_finishes_the_job(
 
 
 def test_finished_jobs_are_removed_after_the_retention(service_factory, pg: Pg):
+    """With their task outcomes: nothing of an expired job is left."""
     first = service_factory(settings_text="[jobs]\nretention_days = 7\n")  # creates the table
     first.stop()
     old, recent, queued = insert_job(pg, ["a"]), insert_job(pg, ["b"]), insert_job(pg, ["c"])
+    store(pg, old, {"a": {"ok": True, "entry": {"task_id": "a"}}})
+    store(pg, recent, {"b": {"ok": True, "entry": {"task_id": "b"}}})
     pg.rows(
         "UPDATE dptask_jobs SET status = 'succeeded', finished_at = now() - interval '8 days',"
         " created_at = now() - interval '8 days' WHERE job_id = %s",
@@ -279,6 +305,7 @@ def test_finished_jobs_are_removed_after_the_retention(service_factory, pg: Pg):
         time.sleep(0.1)
     left = {r["job_id"] for r in pg.rows("SELECT job_id FROM dptask_jobs")}
     assert left == {recent, queued}
+    assert stored(pg, old) == {} and list(stored(pg, recent)) == ["b"]
 
 
 @pytest.mark.parametrize("settings_text", ["[jobs]\nconcurrency = 1\n"])
@@ -313,10 +340,10 @@ async def test_a_dry_run_job_taken_over_changes_nothing(client: Any, schema: Pg,
     job_id = insert_job(schema, ["dr1"], dry_run=True)
     schema.rows(
         "UPDATE dptask_jobs SET status = 'running', owner = 'gone:1:dead',"
-        " heartbeat_at = now() - interval '1 hour', started_at = %s,"
-        " results = %s::jsonb WHERE job_id = %s",
-        (datetime.now(), json.dumps({"dr1": {"started": True}}), job_id),
+        " heartbeat_at = now() - interval '1 hour', started_at = %s WHERE job_id = %s",
+        (datetime.now(), job_id),
     )
+    store(schema, job_id, {"dr1": {"started": True}})
     job = await finished(client, job_id)
     assert [t["task_id"] for t in job["result"]["failed_tasks"]] == ["dr1"], job["result"]
     assert job["result"]["failed_tasks"][0]["error_code"] == "DELETE_FAILED"
@@ -342,14 +369,10 @@ async def test_a_cancelled_job_taken_over_settles_its_tasks_in_flight(
     job_id = insert_job(schema, ["cx1", "cx2", "cx3"])
     schema.rows(
         "UPDATE dptask_jobs SET status = 'running', owner = 'gone:1:dead', cancel_requested = true,"
-        " heartbeat_at = now() - interval '1 hour', started_at = %s,"
-        " results = %s::jsonb WHERE job_id = %s",
-        (
-            datetime.now(),
-            json.dumps({"cx1": {"started": True}, "cx2": {"started": True}}),
-            job_id,
-        ),
+        " heartbeat_at = now() - interval '1 hour', started_at = %s WHERE job_id = %s",
+        (datetime.now(), job_id),
     )
+    store(schema, job_id, {"cx1": {"started": True}, "cx2": {"started": True}})
     job = await finished(client, job_id)
     result = job["result"]
     assert job["status"] == "cancelled"
@@ -375,7 +398,7 @@ class SlowFirst:
 async def test_a_failed_result_write_leaves_no_task_running_behind_the_job(
     client: Any, task_factory, base_dir: Path, settings
 ):
-    """Writing one task's outcome into the job's row fails once (a real
+    """Writing one task's outcome into the job's results fails once (a real
     database error). The job is abandoned and taken over after its lease,
     but the tasks it had in flight must not go on running behind it: each
     task is deleted by one runner, and none fails TASK_LOCKED against the
@@ -388,11 +411,12 @@ async def test_a_failed_result_write_leaves_no_task_running_behind_the_job(
     pg.rows("SELECT setval('dptask_test_once', 1, false)")
     pg.rows(
         "CREATE OR REPLACE FUNCTION dptask_test_fail_once() RETURNS trigger AS $$ BEGIN"
-        " IF (NEW.results -> 'o2') ? 'entry' THEN IF nextval('dptask_test_once') = 1 THEN"
+        " IF NEW.task_id = 'o2' AND NEW.outcome ? 'entry' THEN IF nextval('dptask_test_once') = 1"
+        " THEN"
         " RAISE EXCEPTION 'refused once'; END IF; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
     )
     pg.rows(
-        "CREATE TRIGGER dptask_test_fail_once BEFORE UPDATE ON dptask_jobs"
+        "CREATE TRIGGER dptask_test_fail_once BEFORE INSERT OR UPDATE ON dptask_job_results"
         " FOR EACH ROW EXECUTE FUNCTION dptask_test_fail_once()"
     )
     job = await submit(client, ids)
@@ -408,22 +432,22 @@ async def test_a_failed_result_write_leaves_no_task_running_behind_the_job(
 
 @pytest.mark.parametrize("settings_text", ["[jobs]\nconcurrency = 1\n"])
 @pytest.mark.parametrize("plugins", [[Slow()]])
+@pytest.mark.parametrize("legacy", [False, True], ids=["rows", "earlier-version"])
 async def test_a_requeued_job_cancelled_keeps_the_tasks_it_finished(
-    client: Any, task_factory, schema: Pg
+    client: Any, task_factory, schema: Pg, legacy: bool
 ):
     """A job a drain put back to queued has finished some tasks; cancelling it
     before another runner takes it must report those as they ended, not as
-    skipped (they were deleted)."""
+    skipped (they were deleted). So too when a version before the results
+    table ran it (its outcomes are in the job row's ``results``)."""
     for task_id in ("w1", "w2", "w3"):
         task_factory(task_id)
     queue: JobQueue = client.app[appkeys.JOBS]
     busy = await submit(client, ["w1", "w2", "w3"], continue_on_error=False)
     job_id = insert_job(schema, ["d1", "d2"])
     entry = {"success": True, "task_id": "d1", "directory_deleted": True}
-    schema.rows(
-        "UPDATE dptask_jobs SET started_at = %s, results = %s::jsonb WHERE job_id = %s",
-        (datetime.now(), json.dumps({"d1": {"ok": True, "entry": entry}}), job_id),
-    )
+    schema.rows("UPDATE dptask_jobs SET started_at = %s WHERE job_id = %s", (datetime.now(), job_id))
+    store(schema, job_id, {"d1": {"ok": True, "entry": entry}}, legacy=legacy)
     assert (await queue.get(job_id))["status"] == "queued"  # the busy job holds the runner
     cancelled = await queue.cancel(job_id)
     assert cancelled is not None and cancelled["status"] == "cancelled"

@@ -385,6 +385,25 @@ async def test_nothing_missing_runs_no_ddl_even_while_the_tables_are_locked(
     await asyncio.wait_for(ensure_schema(database_url), 10)
 
 
+async def test_the_job_results_table_is_added_while_jobs_run(pg, database_url, pipeline_session):
+    """A database of a version before dptask_job_results: start-up adds the
+    table while a running job of an older instance is writing its row (no
+    lock on dptask_jobs is needed), and that job's outcomes stay where they are."""
+    await ensure_schema(database_url)
+    pg.rows("DROP TABLE dptask_job_results")
+    pg.rows(
+        "INSERT INTO dptask_jobs (job_id, kind, actor, request_id, options, task_ids, results,"
+        " created_at) VALUES ('j1', 'delete', 'x', 'r', '{}', '[\"a\"]', %s, now())",
+        ('{"a": {"started": true}}',),
+    )
+    with pipeline_session.cursor() as cur:
+        cur.execute("UPDATE dptask_jobs SET heartbeat_at = now() WHERE job_id = 'j1'")
+    await asyncio.wait_for(ensure_schema(database_url), 10)
+    assert pg.rows("SELECT count(*) AS n FROM dptask_job_results") == [{"n": 0}]
+    pipeline_session.rollback()
+    assert pg.rows("SELECT results FROM dptask_jobs") == [{"results": {"a": {"started": True}}}]
+
+
 async def test_an_index_waits_for_writers_but_not_for_readers(pg, database_url, pipeline_session):
     """CREATE INDEX takes a SHARE lock: a reading transaction does not stop it,
     an open writing one does, and start-up gives up naming that session."""
