@@ -2,16 +2,22 @@
 readable console format when it is; a request id bound per request, and one
 access line per request.
 
-One pipeline for every record. structlog's loggers are standard-library
-loggers underneath (``structlog.stdlib.LoggerFactory``), and one handler on
-the root logger renders every record, structlog's and those of aiohttp, aiopg,
-asyncio and plugins alike, with ``structlog.stdlib.ProcessorFormatter``: so
-every stdout line is one JSON object, a traceback is its ``exception`` field,
-every line has a ``logger`` field, and one level (``[logging] level``, the
-root logger's) filters them all. Log timestamps carry their UTC offset
-(``2026-11-30T07:15:00.123+00:00``); the API's timestamps stay naive, as the
-contract shows them. The probes' access lines are logged at debug, so that a
-load balancer polling them does not fill the log at the default level.
+One stream, one format, for every record: structlog's own and those of
+aiohttp, aiopg, asyncio and plugins that log through the standard library.
+The standard library's records go to one handler on the root logger, which
+renders them with ``structlog.stdlib.ProcessorFormatter``, through the same
+processors as structlog's. structlog's own records are rendered by its
+processor chain and written by ``_HandlerLogger`` to that handler's stream,
+under that handler's lock, so no two lines ever interleave. They skip the
+standard library's record machinery, which cost more than everything else in
+a line (two ``LogRecord`` objects a line and a walk up the stack for the
+caller) when each deleted task writes one. So every stdout line is one JSON
+object, a traceback is its ``exception`` field, every line has a ``logger``
+field, and one level (``[logging] level``) filters them all. Log timestamps
+carry their UTC offset (``2026-11-30T07:15:00.123+00:00``); the API's
+timestamps stay naive, as the contract shows them. The probes' access lines
+are logged at debug, so that a load balancer polling them does not fill the
+log at the default level.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Polled by load balancers and Prometheus: their access lines are debug lines.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# The root handler that configure_logging installed: where structlog's lines go.
+_handler: logging.StreamHandler[TextIO] | None = None
+# The current second, as (seconds since the epoch, local date and time, UTC offset).
+_second: tuple[int, str, str] = (-1, "", "")
 
 
 def _one_line(obj: Any, **kwargs: Any) -> str:
@@ -43,9 +53,53 @@ def _one_line(obj: Any, **kwargs: Any) -> str:
 
 
 def _timestamp(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """Local time with its UTC offset, to the millisecond."""
-    event_dict["timestamp"] = datetime.now().astimezone().isoformat(timespec="milliseconds")
+    """Local time with its UTC offset, to the millisecond. The local date,
+    time and offset are worked out once a second (``astimezone`` asks the
+    time zone rules each time), the milliseconds each time."""
+    global _second
+    now = time.time()
+    second = int(now)
+    if _second[0] != second:
+        text = datetime.fromtimestamp(second).astimezone().isoformat()
+        _second = (second, text[:19], text[19:])
+    _, local, offset = _second
+    event_dict["timestamp"] = f"{local}.{int((now - second) * 1000):03d}{offset}"
     return event_dict
+
+
+class _HandlerLogger:
+    """structlog's logger: a rendered line onto the root handler's stream,
+    under the handler's lock. Never raises: a log line that cannot be written
+    (stdout closed) must not fail what was being logged."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # the ``logger`` field (structlog.stdlib.add_logger_name)
+
+    def write(self, line: str) -> None:
+        handler = _handler
+        if handler is None:
+            return
+        handler.acquire()
+        try:
+            handler.stream.write(line + "\n")
+            handler.flush()
+        except (OSError, ValueError):
+            pass
+        finally:
+            handler.release()
+
+    debug = info = warning = error = critical = exception = msg = log = write
+
+
+def _logger_factory(*args: Any) -> _HandlerLogger:
+    """``structlog.get_logger(name)``'s logger; without a name (a plugin's, say),
+    named for the module that logs, as the standard library's would be."""
+    if args:
+        return _HandlerLogger(args[0])
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("structlog"):
+        frame = frame.f_back
+    return _HandlerLogger(frame.f_globals.get("__name__", "root"))
 
 
 def level_number(level: str) -> int:
@@ -59,6 +113,7 @@ def configure_logging(
     """structlog, and the standard library's loggers (asyncio, aiohttp, aiopg,
     and any a plugin uses) rendered by the same processors onto the same
     stream: one JSON line per record, a traceback inside it, never plain text."""
+    global _handler
     stream = stream or sys.stdout
     if json_lines is None:
         json_lines = not stream.isatty()
@@ -75,16 +130,6 @@ def configure_logging(
         structlog.processors.add_log_level,
         _timestamp,
     ]
-    structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        wrapper_class=structlog.stdlib.BoundLogger,
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        cache_logger_on_first_use=False,
-    )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -95,6 +140,13 @@ def configure_logging(
                 renderer,
             ],
         )
+    )
+    _handler = handler
+    structlog.configure(
+        processors=[*shared, exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),
+        logger_factory=_logger_factory,
+        cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
     root.handlers = [handler]
