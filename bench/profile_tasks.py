@@ -2,13 +2,16 @@
 
     python bench/profile_tasks.py                  # tasks/s and CPU per task, batch by batch
     python bench/profile_tasks.py --profile        # the same under py-spy (pip install py-spy)
+    python bench/profile_tasks.py --original       # each batch beside the original approach
 
 It starts the real service as ``bench_service.py`` does, deletes one warm-up
 batch, then ``--batches`` batches of ``--tasks`` one-file tasks in one request
 each, and prints each batch's tasks per second and the service's CPU per task.
 With ``--profile``, py-spy samples the service (only while a thread holds the
 interpreter lock: the CPU that bounds a small task) and the script prints the
-share of the samples spent inside each of the pipeline's main steps.
+share of the samples spent inside each of the pipeline's main steps. With
+``--original``, each batch is followed by the original approach on as many
+tasks (``bench_service.original``), and the ratio of the two rates is printed.
 """
 
 from __future__ import annotations
@@ -52,11 +55,22 @@ def shares(raw: Path) -> dict[str, float]:
     return {step: 100 * inside[step] / max(total, 1) for step in STEPS}
 
 
+def build(url: str, base: Path, prefix: str, tasks: int) -> dict[str, bench.Tree]:
+    """``tasks`` one-file tasks, records and trees."""
+    ids = [f"{prefix}{i}" for i in range(tasks)]
+    bench.insert_records(url, ids)
+    trees = bench.build_many([(base / i, 1, 1, n, False) for n, i in enumerate(ids)])
+    return dict(zip(ids, trees, strict=True))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=1000, help="one-file tasks per batch")
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="sample the service with py-spy")
+    parser.add_argument(
+        "--original", action="store_true", help="after each batch, the original approach"
+    )
     args = parser.parse_args()
     beside = Path(sys.executable).with_name("py-spy")  # a venv's, when it is not on PATH
     spy_exe = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
@@ -70,14 +84,11 @@ def main() -> int:
             base.mkdir()
             service = bench.Service(work, base, url).start()
             try:
-                fixtures = []
+                fixtures, originals = [], []
                 for b in range(args.batches + 1):
-                    ids = [f"p{b}_{i}" for i in range(args.tasks)]
-                    bench.insert_records(url, ids)
-                    trees = bench.build_many(
-                        [(base / i, 1, 1, n, False) for n, i in enumerate(ids)]
-                    )
-                    fixtures.append(dict(zip(ids, trees, strict=True)))
+                    fixtures.append(build(url, base, f"p{b}_", args.tasks))
+                    if args.original and b:
+                        originals.append(build(url, base, f"o{b}_", args.tasks))
                 bench.check(service.delete(list(fixtures[0])), fixtures[0], "warm-up")
                 spy = None
                 raw, spy_log = work / "profile.txt", work / "py-spy.log"
@@ -90,15 +101,22 @@ def main() -> int:
                             stdout=subprocess.DEVNULL, stderr=errors,
                         )  # fmt: skip
                     time.sleep(1)
-                rates = []
-                for trees in fixtures[1:]:
+                rates, ratios = [], []
+                for b, trees in enumerate(fixtures[1:]):
                     cpu = service.cpu_seconds()
                     took, data = bench.sync_then(service.delete, list(trees))
                     bench.check(data, trees, "batch")
                     cpu_ms = (service.cpu_seconds() - cpu) / len(trees) * 1000
                     rates.append(len(trees) / took)
-                    print(f"{rates[-1]:7.0f} tasks/s   service CPU {cpu_ms:.2f} ms a task")
-                print(f"median {statistics.median(rates):.0f} tasks/s")
+                    line = f"{rates[-1]:7.0f} tasks/s   service CPU {cpu_ms:.2f} ms a task"
+                    if originals:
+                        old = list(originals[b].values())
+                        took, _ = bench.sync_then(bench.original, old, url)
+                        ratios.append(rates[-1] * took / len(old))
+                        line += f"   original {len(old) / took:4.0f} tasks/s: {ratios[-1]:.2f} x"
+                    print(line)
+                print(f"median {statistics.median(rates):.0f} tasks/s", end="")
+                print(f", {statistics.median(ratios):.2f} x the original" if ratios else "")
                 if spy:
                     spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
                     try:
