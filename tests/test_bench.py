@@ -50,17 +50,18 @@ def test_small_benchmark_checks_its_counts_and_writes_the_table(
 
 
 def test_profile_script_deletes_its_batches_and_reports_each(server_url: str) -> None:
-    """``bench/profile_tasks.py`` (without py-spy): every batch deleted, counts checked."""
+    """``bench/profile_tasks.py`` (without py-spy, beside the original approach):
+    every batch deleted, counts checked."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "profile_tasks.py"), "--tasks", "20",
-         "--batches", "2"],
+         "--batches", "2", "--original"],
         env={**os.environ, "DATABASE_URL": server_url}, cwd=ROOT,
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert sum("tasks/s   service CPU" in line for line in lines) == 2
-    assert lines[-1].startswith("median ")
+    assert sum("tasks/s   service CPU" in line and " x" in line for line in lines) == 2
+    assert lines[-1].startswith("median ") and lines[-1].endswith("x the original")
 
 
 def test_profile_shares_count_each_sample_in_every_step_it_passes_through(tmp_path: Path) -> None:
