@@ -23,6 +23,11 @@ Scenarios (sizes of the full form):
   4  list requests every 20 ms during 1 and 3: p50 and p99, and on an idle service
   5  peak RSS (VmHWM) of the service process, restarted before each: during 1,
      and during the deletion of one task of --million empty files
+
+Scenarios 4 and 5 run 1 and 3 once more each round, on trees of their own
+("with list requests"): the times of 1, 2 and 3 set against the baselines are
+those of runs with no other request, as the baselines serve none. The runs
+with list requests are timed too, and their rows stand beside the others.
   6  ``GET ...tasks?limit=100`` with --records task records, first page and at
      offset 90 % of them, and the clean-up dry run over them: p50 and p99
 
@@ -421,58 +426,63 @@ class Bench:
 
     def run_round(self, r: int) -> None:
         s = self.sizes
-        # Scenarios 1 and 2: same trees (same seeds) for each contender.
+        # Scenarios 1 and 2: same trees (same seeds) for each contender; 1 once
+        # more with list requests, on a restarted service (scenarios 4 and 5).
         for scen, tasks, folders, per in (
             ("s1", 1, s.folders, s.files_per_folder),
             ("s2", s.tasks2, 1, s.files2),
         ):
-            built = self.fixtures([f"{scen}{w}" for w in WHO], tasks, folders, per)
-            sets = {w: built[f"{scen}{w}"] for w in WHO}
-            order = WHO[r % 3 :] + WHO[: r % 3]
+            who_here = [*WHO, "load"] if scen == "s1" else WHO
+            built = self.fixtures([f"{scen}{w}" for w in who_here], tasks, folders, per)
+            sets = {w: built[f"{scen}{w}"] for w in who_here}
+            order = who_here[r % len(who_here) :] + who_here[: r % len(who_here)]
             for who in order:
                 trees = sets[who]
                 if who == "rm":
                     took, _ = sync_then(rm_rf, list(trees.values()))
                 elif who == "orig":
                     took, _ = sync_then(original, list(trees.values()), self.db_url)
+                elif who == "svc":
+                    took, data = sync_then(self.service.delete, list(trees))
+                    check(data, trees, f"{scen} service")
                 else:
-                    if scen == "s1":
-                        self.service.restart()
+                    self.service.restart()
                     with Poller(self.service.url) as poll:
                         took, data = sync_then(self.service.delete, list(trees))
-                    check(data, trees, f"{scen} service")
-                    if scen == "s1":
-                        self.f.add("s5_rss_s1", self.service.vmhwm_kib() / 1024)
-                        self.f.add("s4_s1_p50", pct(poll.latencies, 50) * 1000)
-                        self.f.add("s4_s1_p99", pct(poll.latencies, 99) * 1000)
+                    check(data, trees, f"{scen} service with list requests")
+                    self.f.add("s5_rss_s1", self.service.vmhwm_kib() / 1024)
+                    self.f.add("s4_s1_p50", pct(poll.latencies, 50) * 1000)
+                    self.f.add("s4_s1_p99", pct(poll.latencies, 99) * 1000)
                 self.f.add(f"{scen}_{who}", took)
             self.log(
                 f"round {r + 1} {scen}: "
                 + "  ".join(f"{w} {self.f.values[f'{scen}_{w}'][-1]:.3f}s" for w in order)
             )
         # Scenario 3: one-file tasks; the service sync, as a job, and the original;
-        # rm -rf of the same folders and the service's CPU per task show the limits.
-        who3 = ("svc", "job", "orig", "rm")
+        # rm -rf of the same folders and the service's CPU per task show the limits;
+        # the one request once more with list requests (scenario 4).
+        who3 = ("svc", "job", "orig", "rm", "load")
         built = self.fixtures([f"s3{w}" for w in who3], s.tasks3, 1, 1)
         sets = {w: built[f"s3{w}"] for w in who3}
-        for who in who3[r % 4 :] + who3[: r % 4]:
+        for who in who3[r % 5 :] + who3[: r % 5]:
             trees = sets[who]
             if who == "orig":
                 took, _ = sync_then(original, list(trees.values()), self.db_url)
             elif who == "rm":
                 took, _ = sync_then(rm_rf, list(trees.values()))
+            elif who == "load":
+                with Poller(self.service.url) as poll:
+                    took, data = sync_then(self.service.delete, list(trees))
+                check(data, trees, "s3 with list requests")
+                self.f.add("s4_s3_p50", pct(poll.latencies, 50) * 1000)
+                self.f.add("s4_s3_p99", pct(poll.latencies, 99) * 1000)
             else:
                 cpu = self.service.cpu_seconds()
-                with Poller(self.service.url) as poll:
-                    took, data = sync_then(
-                        self.service.delete, list(trees), background=who == "job"
-                    )
+                took, data = sync_then(self.service.delete, list(trees), background=who == "job")
                 check(data, trees, f"s3 {who}")
                 if who == "svc":
                     cpu_ms = (self.service.cpu_seconds() - cpu) * 1000 / s.tasks3
                     self.f.add("s3_cpu_ms", cpu_ms)
-                    self.f.add("s4_s3_p50", pct(poll.latencies, 50) * 1000)
-                    self.f.add("s4_s3_p99", pct(poll.latencies, 99) * 1000)
             self.f.add(f"s3_{who}", s.tasks3 / took)
         self.log(
             f"round {r + 1} s3: "
@@ -592,17 +602,22 @@ def table(f: Figures, sz: Sizes) -> list[str]:
         ratio(f"{scen[1]}. service / rm -rf", f"{scen}_svc", f"{scen}_rm", "<= 0.5 x",
               lambda x: x <= 0.5)  # fmt: skip
         ratio(f"{scen[1]}. service / original", f"{scen}_svc", f"{scen}_orig", "", None)
+        row(f"{scen[1]}. service, with list requests (4, 5)", f"{scen}_load", ".3f", " s")
+        ratio(f"{scen[1]}. service with list requests / rm -rf", f"{scen}_load", f"{scen}_rm",
+              "", None)  # fmt: skip
     for who, label in (
         ("svc", "one request"),
         ("job", "background job"),
         ("orig", "original"),
         ("rm", "rm -rf (the disk's floor)"),
+        ("load", "one request, with list requests (4)"),
     ):
         row(f"3. {sz.tasks3:,} one-file tasks: {label}", f"s3_{who}", ".0f", " tasks/s")
     row("3. service CPU per task, one request", "s3_cpu_ms", ".2f", " ms")
     for who in ("svc", "job"):
         ratio(f"3. {who} / original (tasks/s)", f"s3_{who}", "s3_orig", ">= 10 x",
               lambda x: x >= 10)  # fmt: skip
+    ratio("3. one request with list requests / original", "s3_load", "s3_orig", "", None)
     idle99 = med("s4_idle_p99")
     row("4. list p50, idle", "s4_idle_p50", ".1f", " ms")
     row("4. list p99, idle", "s4_idle_p99", ".1f", " ms")
@@ -670,6 +685,9 @@ def main(argv: list[str] | None = None) -> int:
             " PostgreSQL, a throwaway database",
             "- seconds are wall time around the request (the service) or the call; the"
             " background job is timed to the poll that sees it finished (every 20 ms)",
+            "- scenarios 4 and 5 run 1 and 3 once more, with list requests every 20 ms"
+            ' ("with list requests"); the ratios with targets use the runs without'
+            " them, as the baselines serve no requests",
             "- spread is min - max over the rounds; targets are the issue's, printed, never"
             " asserted; scenario 5's big task runs once",
             "",
