@@ -3,6 +3,7 @@
     python bench/profile_tasks.py                  # tasks/s and CPU per task, batch by batch
     python bench/profile_tasks.py --profile        # the same under py-spy (pip install py-spy)
     python bench/profile_tasks.py --original       # each batch beside the original approach
+    python bench/profile_tasks.py --job            # each batch as a background job
 
 It starts the real service as ``bench_service.py`` does, deletes one warm-up
 batch, then ``--batches`` batches of ``--tasks`` one-file tasks in one request
@@ -12,6 +13,8 @@ interpreter lock: the CPU that bounds a small task) and the script prints the
 share of the samples spent inside each of the pipeline's main steps. With
 ``--original``, each batch is followed by the original approach on as many
 tasks (``bench_service.original``), and the ratio of the two rates is printed.
+With ``--job``, each batch is a background job, timed to the poll (every 20 ms)
+that sees it finished.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def main() -> int:
     parser.add_argument(
         "--original", action="store_true", help="after each batch, the original approach"
     )
+    parser.add_argument("--job", action="store_true", help="each batch as a background job")
     args = parser.parse_args()
     beside = Path(sys.executable).with_name("py-spy")  # a venv's, when it is not on PATH
     spy_exe = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
@@ -104,7 +108,7 @@ def main() -> int:
                 rates, ratios = [], []
                 for b, trees in enumerate(fixtures[1:]):
                     cpu = service.cpu_seconds()
-                    took, data = bench.sync_then(service.delete, list(trees))
+                    took, data = bench.sync_then(service.delete, list(trees), background=args.job)
                     bench.check(data, trees, "batch")
                     cpu_ms = (service.cpu_seconds() - cpu) / len(trees) * 1000
                     rates.append(len(trees) / took)

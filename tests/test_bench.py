@@ -24,6 +24,7 @@ FIGURES = [
     "2. service / original",
     "one-file tasks: background job",
     "4. list p99 during 3",
+    "one request, with list requests",
     "5. peak RSS during 1",
     "6. clean-up dry run p99",
 ]
@@ -49,12 +50,15 @@ def test_small_benchmark_checks_its_counts_and_writes_the_table(
     assert not list(tmp_path.glob("dptask-bench-*"))
 
 
-def test_profile_script_deletes_its_batches_and_reports_each(server_url: str) -> None:
-    """``bench/profile_tasks.py`` (without py-spy, beside the original approach):
-    every batch deleted, counts checked."""
+@pytest.mark.parametrize("how", [[], ["--job"]], ids=["request", "job"])
+def test_profile_script_deletes_its_batches_and_reports_each(
+    server_url: str, how: list[str]
+) -> None:
+    """``bench/profile_tasks.py`` (without py-spy, beside the original approach;
+    in one request or as a job): every batch deleted, counts checked."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "profile_tasks.py"), "--tasks", "20",
-         "--batches", "2", "--original"],
+         "--batches", "2", "--original", *how],
         env={**os.environ, "DATABASE_URL": server_url}, cwd=ROOT,
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
