@@ -446,7 +446,9 @@ async def test_a_requeued_job_cancelled_keeps_the_tasks_it_finished(
     busy = await submit(client, ["w1", "w2", "w3"], continue_on_error=False)
     job_id = insert_job(schema, ["d1", "d2"])
     entry = {"success": True, "task_id": "d1", "directory_deleted": True}
-    schema.rows("UPDATE dptask_jobs SET started_at = %s WHERE job_id = %s", (datetime.now(), job_id))
+    schema.rows(
+        "UPDATE dptask_jobs SET started_at = %s WHERE job_id = %s", (datetime.now(), job_id)
+    )
     store(schema, job_id, {"d1": {"ok": True, "entry": entry}}, legacy=legacy)
     assert (await queue.get(job_id))["status"] == "queued"  # the busy job holds the runner
     cancelled = await queue.cancel(job_id)
