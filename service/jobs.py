@@ -11,9 +11,17 @@ is built by ``pipeline.batch_data`` like the DELETE response's data. Each
 group's outcomes are written into ``dptask_job_results`` (a row a task) as
 soon as they are known, and its tasks are marked ``started`` there before they
 run, so that a job taken over after its instance died never runs or reports a
-finished task again. Those writes are guarded by the job's row: they land only
-while the job is this runner's (``FOR SHARE`` of it, which a takeover's
-``UPDATE`` waits for, and then finds the writes made). A task
+finished task again. Those writes are guarded by the job's row: each locks it
+``FOR SHARE`` and lands only while the row names this runner as the owner.
+A claim (``FOR UPDATE SKIP LOCKED``) skips the row while a write holds it and
+reads the outcomes in a later statement; a claim that came first leaves the
+write nothing to land on (the runner then knows the job is lost). A drain's
+requeue and a cancel wait for the write.
+
+An instance of a version before ``dptask_job_results`` reads only the job
+row's ``results``: it must not claim jobs this version ran (stop the old
+instances before the new ones run jobs; before a rollback, let the jobs
+under way finish, or cancel them). A task
 that was started and has no outcome may have been anywhere in the protocol
 when its instance died: its trees in the trash are settled first (put back
 if uncommitted, purged if committed, as the start-up sweep does); a task
@@ -494,8 +502,8 @@ class JobQueue:
                 run.cancelled = run.stopping = True
 
     async def _record(self, run: _Run, outcomes: dict[str, dict[str, Any]]) -> None:
-        """Write tasks' outcomes (or ``started`` marks) while the job is ours:
-        its row share-locked, so a takeover waits for them and then sees them."""
+        """Write tasks' outcomes (or ``started`` marks) while the job is ours
+        (its row share-locked meanwhile); none written marks the job lost."""
         rows = await self.db.query(
             f"INSERT INTO {JOB_RESULTS} (job_id, task_id, outcome)"
             f" SELECT j.job_id, o.key, o.value FROM {JOBS} j, jsonb_each(%s::jsonb) o"

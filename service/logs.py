@@ -11,22 +11,27 @@ processor chain and written by ``_HandlerLogger`` to that handler's stream,
 under that handler's lock, so no two lines ever interleave. They skip the
 standard library's record machinery, which cost more than everything else in
 a line (two ``LogRecord`` objects a line and a walk up the stack for the
-caller) when each deleted task writes one. So every stdout line is one JSON
-object, a traceback is its ``exception`` field, every line has a ``logger``
-field, and one level (``[logging] level``) filters them all. Log timestamps
-carry their UTC offset (``2026-11-30T07:15:00.123+00:00``); the API's
-timestamps stay naive, as the contract shows them. The probes' access lines
-are logged at debug, so that a load balancer polling them does not fill the
-log at the default level.
+caller) when each deleted task writes one; so a handler added to the root
+logger later (a plugin's, say) sees the standard library's records only, not
+these lines: the service's log is its stdout. As with the standard library,
+a line that cannot be rendered or written is reported on stderr, never
+raised. So every stdout line is one JSON object, a traceback is its
+``exception`` field, every line has a ``logger`` field, and one level
+(``[logging] level``) filters them all. Log timestamps carry their UTC
+offset (``2026-11-30T07:15:00.123+00:00``); the API's timestamps stay naive,
+as the contract shows them. The probes' access lines are logged at debug, so
+that a load balancer polling them does not fill the log at the default level.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import sys
 import time
+import traceback
 import uuid
 from datetime import datetime
 from typing import Any, TextIO
@@ -59,18 +64,43 @@ def _timestamp(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     global _second
     now = time.time()
     second = int(now)
-    if _second[0] != second:
+    cached = _second  # one read: another thread may store the next second meanwhile
+    if cached[0] != second:
         text = datetime.fromtimestamp(second).astimezone().isoformat()
-        _second = (second, text[:19], text[19:])
-    _, local, offset = _second
+        cached = _second = (second, text[:19], text[19:])
+    _, local, offset = cached
     event_dict["timestamp"] = f"{local}.{int((now - second) * 1000):03d}{offset}"
     return event_dict
 
 
+def _report_failure() -> None:
+    """A line that could not be rendered or written: its traceback on stderr,
+    as the standard library's handlers report theirs; never raised, so that
+    logging never fails what was being logged."""
+    with contextlib.suppress(Exception):
+        sys.stderr.write("--- Logging error ---\n")
+        traceback.print_exc(file=sys.stderr)
+
+
+def _bound_logger(level: int) -> type:
+    """structlog's bound logger that drops lines below ``level``, and whose
+    processors' and writer's failures are reported, never raised."""
+    base: Any = structlog.make_filtering_bound_logger(level)
+
+    class Logger(base):
+        def _proxy_to_logger(self, method_name: str, event: Any = None, **kw: Any) -> Any:
+            try:
+                return super()._proxy_to_logger(method_name, event, **kw)
+            except Exception:
+                _report_failure()
+                return None
+
+    return Logger
+
+
 class _HandlerLogger:
     """structlog's logger: a rendered line onto the root handler's stream,
-    under the handler's lock. Never raises: a log line that cannot be written
-    (stdout closed) must not fail what was being logged."""
+    under the handler's lock."""
 
     def __init__(self, name: str) -> None:
         self.name = name  # the ``logger`` field (structlog.stdlib.add_logger_name)
@@ -83,8 +113,6 @@ class _HandlerLogger:
         try:
             handler.stream.write(line + "\n")
             handler.flush()
-        except (OSError, ValueError):
-            pass
         finally:
             handler.release()
 
@@ -144,7 +172,7 @@ def configure_logging(
     _handler = handler
     structlog.configure(
         processors=[*shared, exc_info, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),
+        wrapper_class=_bound_logger(level_number(level)),
         logger_factory=_logger_factory,
         cache_logger_on_first_use=False,
     )

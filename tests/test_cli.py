@@ -210,21 +210,13 @@ def is_json_object(line: str) -> bool:
 def test_stdlib_log_records_are_json_lines_with_their_traceback_inside():
     # asyncio and aiohttp log through the standard library: their records must
     # come out as the service's JSON lines, never as plain text.
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    saved_structlog = structlog.get_config()
     stream = io.StringIO()
-    try:
-        configure_logging(stream, json_lines=True)
+    with logging_to(stream):
         try:
             raise OSError(24, "Too many open files")
         except OSError:
             logging.getLogger("asyncio").exception("socket.accept() out of system resource")
         logging.getLogger("aiohttp.server").warning("plain %s", "warning")
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        structlog.configure(**saved_structlog)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2, lines
     accept, warning = (json.loads(line) for line in lines)
@@ -232,6 +224,40 @@ def test_stdlib_log_records_are_json_lines_with_their_traceback_inside():
     assert accept["logger"] == "asyncio" and accept["level"] == "error"
     assert "Too many open files" in accept["exception"] and accept["timestamp"]
     assert warning == {**warning, "event": "plain warning", "level": "warning"}
+
+
+class Unrenderable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no text for this")
+
+
+@contextlib.contextmanager
+def logging_to(stream: io.StringIO) -> Iterator[None]:
+    """The service's logging onto ``stream``; the test process's own restored after."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_structlog = structlog.get_config()
+    try:
+        configure_logging(stream, json_lines=True)
+        yield
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        structlog.configure(**saved_structlog)
+
+
+def test_a_log_line_that_cannot_be_rendered_is_reported_never_raised(capsys):
+    """As the standard library's handlers do: what was being logged goes on,
+    the failure's traceback goes to stderr, and the next line is written."""
+    stream = io.StringIO()
+    with logging_to(stream):
+        log = structlog.get_logger("service")
+        log.info("unrenderable", value=Unrenderable())  # must not raise
+        log.info("next", task_id="t1")
+    (line,) = stream.getvalue().splitlines()
+    assert json.loads(line)["event"] == "next"
+    err = capsys.readouterr().err
+    assert "--- Logging error ---" in err and "no text for this" in err
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
