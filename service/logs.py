@@ -47,8 +47,6 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Polled by load balancers and Prometheus: their access lines are debug lines.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-# The root handler that configure_logging installed: where structlog's lines go.
-_handler: logging.StreamHandler[TextIO] | None = None
 # The current second, as (seconds since the epoch, local date and time, UTC offset).
 _second: tuple[int, str, str] = (-1, "", "")
 
@@ -102,32 +100,31 @@ class _HandlerLogger:
     """structlog's logger: a rendered line onto the root handler's stream,
     under the handler's lock."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, handler: logging.StreamHandler[TextIO], name: str) -> None:
+        self.handler = handler
         self.name = name  # the ``logger`` field (structlog.stdlib.add_logger_name)
 
     def write(self, line: str) -> None:
-        handler = _handler
-        if handler is None:
-            return
-        handler.acquire()
+        self.handler.acquire()
         try:
-            handler.stream.write(line + "\n")
-            handler.flush()
+            self.handler.stream.write(line + "\n")
+            self.handler.stream.flush()
         finally:
-            handler.release()
+            self.handler.release()
 
     debug = info = warning = error = critical = exception = msg = log = write
 
 
-def _logger_factory(*args: Any) -> _HandlerLogger:
-    """``structlog.get_logger(name)``'s logger; without a name (a plugin's, say),
-    named for the module that logs, as the standard library's would be."""
-    if args:
-        return _HandlerLogger(args[0])
+def _caller_module() -> str:
+    """The module that logs through an unnamed ``structlog.get_logger()`` (a
+    plugin's, say): its logger is named for it, as the standard library's is."""
     frame = sys._getframe(1)
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("structlog"):
+    while frame.f_back is not None and (
+        frame.f_globals.get("__name__", "").startswith("structlog")
+        or frame.f_globals.get("__name__") == __name__
+    ):
         frame = frame.f_back
-    return _HandlerLogger(frame.f_globals.get("__name__", "root"))
+    return str(frame.f_globals.get("__name__", "root"))
 
 
 def level_number(level: str) -> int:
@@ -141,7 +138,6 @@ def configure_logging(
     """structlog, and the standard library's loggers (asyncio, aiohttp, aiopg,
     and any a plugin uses) rendered by the same processors onto the same
     stream: one JSON line per record, a traceback inside it, never plain text."""
-    global _handler
     stream = stream or sys.stdout
     if json_lines is None:
         json_lines = not stream.isatty()
@@ -169,11 +165,10 @@ def configure_logging(
             ],
         )
     )
-    _handler = handler
     structlog.configure(
         processors=[*shared, exc_info, renderer],
         wrapper_class=_bound_logger(level_number(level)),
-        logger_factory=_logger_factory,
+        logger_factory=lambda *name: _HandlerLogger(handler, name[0] if name else _caller_module()),
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
