@@ -264,18 +264,36 @@ class Service:
         self.stop()
         self.start()
 
-    def cpu_seconds(self) -> float:
-        """User and system CPU time of the service process so far."""
+    def processes(self) -> list[int]:
+        """The service process and its children: the purge helper (service/purger.py)."""
         assert self.proc
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        pids = [self.proc.pid]
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                pids += [int(p) for p in (task / "children").read_text().split()]
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of the service and its helper so far."""
+        total = 0
+        for pid in self.processes():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def vmhwm_kib(self) -> int:
-        assert self.proc
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmHWM")
+        """Peak RSS of the service plus its helper's: an upper bound of their
+        peak together."""
+        total = 0
+        for pid in self.processes():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        if not total:
+            raise RuntimeError("no VmHWM")
+        return total
 
     def delete(self, ids: list[str], background: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {"task_ids": ids, "confirm": True, "background": background}

@@ -107,6 +107,7 @@ def create_app(settings: Settings) -> web.Application:
             # deletion tries again and says why it cannot (NO_SPACE).
             log.error("trash_unavailable", trash=str(trash.label), error=e.strerror or str(e))
             yield
+            await asyncio.to_thread(trash.close)
             return
         db = app[appkeys.DB]
         report = await put_back(trash, settings, db)
@@ -116,7 +117,7 @@ def create_app(settings: Settings) -> web.Application:
         purging.cancel()  # a purge already in its thread finishes there
         with contextlib.suppress(asyncio.CancelledError):
             await purging
-        trash.close()
+        await asyncio.to_thread(trash.close)
 
     async def jobs(app: web.Application) -> AsyncIterator[None]:
         # Last in, first out: the runner stops before the trash, audit and database close.

@@ -11,7 +11,10 @@ a small task's time.
 
 Each caller still gets its own result or exception, and a caller that is
 cancelled while its call runs leaves it to finish, as with
-``asyncio.to_thread``.
+``asyncio.to_thread``. With ``many``, the turn's calls are one call of
+``many`` (a list of the calls' arguments in, an outcome each out): for work
+that is cheaper asked for at once, such as the purges sent to the purge
+helper in one request.
 """
 
 from __future__ import annotations
@@ -31,8 +34,13 @@ class Coalesced(Generic[P, R]):
     """``await coalesced(*args)``: ``fn(*args)`` in a worker thread, together
     with the other calls made in the same turn of the event loop."""
 
-    def __init__(self, fn: Callable[P, R]) -> None:
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        many: Callable[[list[tuple[Any, ...]]], list[R | BaseException]] | None = None,
+    ) -> None:
         self._fn = fn
+        self._many = many
         # Each event loop's calls of this turn; one loop per thread, but an
         # instance may serve several (a module-level one in tests, the CLI).
         self._calls: dict[asyncio.AbstractEventLoop, list[_Call]] = {}
@@ -60,11 +68,21 @@ class Coalesced(Generic[P, R]):
 
     def _run(self, loop: asyncio.AbstractEventLoop, calls: list[_Call]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        for args, kwargs, future in calls:
+        if self._many is not None:
+            assert not any(kwargs for _, kwargs, _ in calls), "many takes positional arguments"
             try:
-                outcomes.append((future, self._fn(*args, **kwargs), None))
-            except BaseException as e:  # the caller's to see, as from to_thread
-                outcomes.append((future, None, e))
+                results = self._many([args for args, _, _ in calls])
+            except BaseException as e:  # each caller's to see
+                results = [e] * len(calls)
+            for (_, _, future), result in zip(calls, results, strict=True):
+                error = result if isinstance(result, BaseException) else None
+                outcomes.append((future, None if error else result, error))
+        else:
+            for args, kwargs, future in calls:
+                try:
+                    outcomes.append((future, self._fn(*args, **kwargs), None))
+                except BaseException as e:  # the caller's to see, as from to_thread
+                    outcomes.append((future, None, e))
         loop.call_soon_threadsafe(_settle, outcomes)
 
 

@@ -200,6 +200,16 @@ def configure(*, threads: int, descriptors: int) -> None:
         old.shutdown(wait=False)
 
 
+def threads() -> int:
+    """The purge pool's size, as configured."""
+    return _threads
+
+
+def descriptors() -> int:
+    """The walks' descriptor budget, as configured."""
+    return _budget.capacity
+
+
 def _get_pool() -> ThreadPoolExecutor:
     global _pool
     with _config:

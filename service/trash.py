@@ -53,6 +53,7 @@ from service import errors, fs
 from service.db import Database, TaskLocked
 from service.errors import TaskFailed
 from service.progress import Progress
+from service.purger import Purged, Purger
 
 log = structlog.get_logger("service")
 
@@ -88,6 +89,7 @@ class Trash:
         # (base_fd, trash_fd): replaced whole, so a reader never sees half of it.
         self._held: tuple[int, int] | None = None
         self._retired: list[int] = []  # descriptors a running walk may still use
+        self.purger = Purger()  # the walks of purges, in a helper process
 
     # ------------------------------------------------------------ opening
 
@@ -110,6 +112,8 @@ class Trash:
             self._held = (base_fd, trash_fd)
 
     def close(self) -> None:
+        """Close the held descriptors and stop the purge helper. Blocking."""
+        self.purger.close()
         with self._lock:
             for fd in [*(self._held or ()), *self._retired]:
                 with contextlib.suppress(OSError):
@@ -206,8 +210,30 @@ class Trash:
     def purge(self, detached: Path, progress: Progress | None = None) -> fs.TreeStats:
         """Remove a detached tree, counting it (and telling ``progress`` as it
         goes); never follows a symlink."""
-        with self._located(detached) as (parent_fd, name):
-            return fs.walk_at(parent_fd, name, remove=True, progress=progress)
+        outcome = self.purge_many([(detached, progress)])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def purge_many(self, trees: list[tuple[Path, Progress | None]]) -> list[Purged]:
+        """``purge`` for several trees, in one request to the purge helper for
+        each directory holding some: one outcome (stats or exception) each."""
+        outcomes: dict[int, Purged] = {}
+        by_parent: dict[int, list[tuple[int, str, Progress | None]]] = {}
+        with contextlib.ExitStack() as located:
+            for index, (detached, progress) in enumerate(trees):
+                try:
+                    parent_fd, name = located.enter_context(self._located(detached))
+                except Exception as e:  # not a label of ours, or its holder unusable
+                    outcomes[index] = e
+                    continue
+                by_parent.setdefault(parent_fd, []).append((index, name, progress))
+            for parent_fd, items in by_parent.items():
+                indexes, names, progresses = zip(*items, strict=True)
+                done = self.purger.purge(parent_fd, list(names), progresses)
+                for index, outcome in zip(indexes, done, strict=True):
+                    outcomes[index] = outcome
+        return [outcomes[index] for index in range(len(trees))]
 
     def dry_run_stats(self, task_id: str) -> fs.TreeStats:
         """What deleting ``base_dir/<task_id>`` would remove; changes nothing.

@@ -332,3 +332,24 @@ async def test_calls_in_one_turn_share_one_thread_and_keep_their_own_outcomes():
     assert len(threads) == 6 and len(set(threads)) == 1  # one worker thread for the turn
     assert threading.get_ident() not in threads  # never on the event loop's thread
     assert await coalesced(7) == 70  # a later turn: a new hop
+
+
+async def test_calls_in_one_turn_can_be_one_call_of_many_each_with_its_own_outcome():
+    batches: list[list[tuple]] = []
+
+    def many(calls: list[tuple]) -> list:
+        batches.append(calls)
+        return [ValueError(n) if n == 3 else n * 10 for (n,) in calls]
+
+    def failing(calls: list[tuple]) -> list:
+        raise OSError("the whole call failed")
+
+    coalesced = Coalesced(lambda n: n, many=many)
+    outcomes = await asyncio.gather(*(coalesced(n) for n in range(6)), return_exceptions=True)
+
+    assert batches == [[(n,) for n in range(6)]]  # one call for the turn
+    assert outcomes[:3] == [0, 10, 20] and outcomes[4:] == [40, 50]
+    assert isinstance(outcomes[3], ValueError)
+    broken = Coalesced(lambda n: n, many=failing)
+    outcomes = await asyncio.gather(broken(1), broken(2), return_exceptions=True)
+    assert [type(o) for o in outcomes] == [OSError, OSError]  # each caller sees it

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import URL, insert_task
+from tests.helpers import URL, children, insert_task
 
 TASKS = 16
 LEVELS = 300
@@ -74,9 +74,10 @@ def test_parallel_deletes_of_deep_trees_under_a_low_descriptor_limit(
         insert_task(pg, task_id)
         expected[task_id] = build_deep(base_dir / task_id)
     assert service.proc is not None
-    subprocess.run(
-        ["prlimit", f"--pid={service.proc.pid}", f"--nofile={NOFILE}:{NOFILE}"], check=True
-    )
+    # The service and its purge helper (service/purger.py), which walks the trees:
+    # one started later inherits the service's limit.
+    for pid in [service.proc.pid, *children(service.proc.pid)]:
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={NOFILE}:{NOFILE}"], check=True)
 
     def delete(task_id: str) -> requests.Response:
         body = {"task_ids": [task_id], "confirm": True, "delete_database_records": False}
