@@ -72,7 +72,9 @@ class Coalesced(Generic[P, R]):
             assert not any(kwargs for _, kwargs, _ in calls), "many takes positional arguments"
             try:
                 results = self._many([args for args, _, _ in calls])
-            except BaseException as e:  # each caller's to see
+                if len(results) != len(calls):
+                    raise RuntimeError(f"{len(results)} outcomes for {len(calls)} calls")
+            except BaseException as e:  # each caller's to see: none left waiting
                 results = [e] * len(calls)
             for (_, _, future), result in zip(calls, results, strict=True):
                 error = result if isinstance(result, BaseException) else None

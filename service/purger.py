@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import recv_handle, send_handle
+from multiprocessing.reduction import recv_handle
 from pathlib import Path
 from typing import Any
 
@@ -88,24 +88,32 @@ class _Request:
     reported: dict[int, tuple[int, int]] = field(default_factory=dict)  # index -> files, bytes
 
 
+@dataclass
+class _Helper:
+    """One helper process and what is waiting for it."""
+
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket  # to send descriptors, and to shut down
+    conn: Connection  # the messages, on a descriptor of its own of the same socket
+    started_at: float
+    pending: dict[int, _Request] = field(default_factory=dict)
+
+
 class Purger:
     """The service's side of the helper: ``purge`` walks trees through it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the fields below, and one request sent at a time
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
-        self._pending: dict[int, _Request] = {}
+        self._helper: _Helper | None = None
         self._next_id = 0
         self._retry_at = 0.0
-        self._started_at = 0.0  # when the running helper started
         self._closed = False
 
     @property
     def pid(self) -> int | None:
         """The helper's process id while it runs."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
+        helper = self._helper
+        return helper.proc.pid if helper is not None and helper.proc.poll() is None else None
 
     def start(self) -> bool:
         """Start the helper if it is not running (again after ``close``);
@@ -114,65 +122,65 @@ class Purger:
         does not wait for, nor pay for, a helper that no deletion needs."""
         with self._lock:
             self._closed = False
-            return self._start_locked()
+            return self._start_locked() is not None
 
-    def _start_locked(self) -> bool:
-        if self._conn is not None:
-            return True
+    def _start_locked(self) -> _Helper | None:
+        if self._helper is not None:
+            return self._helper
         if self._closed or time.monotonic() < self._retry_at:
-            return False
+            return None
+        # -P: never the cwd's modules; this package, from where it is.
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
         ours, theirs = socket.socketpair()
         try:
-            # The helper imports this package from where it is, whatever the cwd.
-            root = str(Path(__file__).resolve().parent.parent)
-            path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-            env = {**os.environ, "PYTHONPATH": path}
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "service.purger", str(theirs.fileno()),
+            proc = subprocess.Popen(
+                [sys.executable, "-P", "-m", "service.purger", str(theirs.fileno()),
                  str(fs.threads()), str(fs.descriptors())],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env,
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": path},
             )  # fmt: skip
         except OSError as e:
             ours.close()
             self._retry_at = time.monotonic() + _RETRY_SECONDS
             log.warning("purge_helper_not_started", error=e.strerror or str(e))
-            return False
+            return None
         finally:
             theirs.close()
-        self._conn = Connection(ours.detach())
-        self._started_at = time.monotonic()
-        threading.Thread(
-            target=self._read, args=(self._conn, self._proc), name="purge-helper", daemon=True
-        ).start()
-        return True
+        helper = _Helper(proc, ours, Connection(os.dup(ours.fileno())), time.monotonic())
+        try:
+            threading.Thread(
+                target=self._read, args=(helper,), name="purge-helper", daemon=True
+            ).start()
+        except RuntimeError as e:  # no thread to read its answers: no helper
+            _stop(helper)
+            helper.conn.close()
+            proc.wait()
+            self._retry_at = time.monotonic() + _RETRY_SECONDS
+            log.warning("purge_helper_not_started", error=str(e))
+            return None
+        self._helper = helper
+        return helper
 
     def close(self) -> None:
-        """Stop the helper: it exits on end of file, and the reader thread
-        reaps it (not waited for here: a helper still starting would hold up
-        the service's exit for as long as its imports take)."""
+        """Stop the helper: it reads end of file and exits, and its reader
+        thread reaps it (not waited for here: a helper still starting would
+        hold up the service's exit for as long as its imports take)."""
         with self._lock:
             self._closed = True
-            conn = self._conn
-            self._conn = None
-        if conn is not None:
-            # shutdown, not only close: it wakes the reader blocked on this
-            # socket, and the helper reads end of file at once.
-            with (
-                contextlib.suppress(OSError),
-                socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock,
-            ):
-                sock.shutdown(socket.SHUT_RDWR)
-            conn.close()
+            helper, self._helper = self._helper, None
+            if helper is not None:
+                _stop(helper)
 
     def purge(
         self, dir_fd: int, names: list[str], progresses: Sequence[Progress | None]
     ) -> list[Purged]:
         """Remove the trees ``names`` of the directory open at ``dir_fd``, as
         ``fs.walk_at(..., remove=True)`` would, each telling its ``progress``;
-        one outcome per name. Blocking: in the helper when it runs, else here."""
+        one outcome per name. Blocking: in the helper when it runs, else here.
+        ``dir_fd`` must stay open until this returns."""
         request = _Request(names, progresses)
-        sent = self._send(dir_fd, request)
-        if not sent:
+        if not self._send(dir_fd, request):
             return _walk_here(dir_fd, names, progresses, {})
         try:
             return request.done.result()
@@ -182,60 +190,79 @@ class Purger:
 
     def _send(self, dir_fd: int, request: _Request) -> bool:
         with self._lock:
-            if not self._start_locked():
+            helper = self._start_locked()
+            if helper is None:
                 return False
-            assert self._conn is not None and self._proc is not None
             self._next_id += 1
             rid = self._next_id
-            self._pending[rid] = request
+            helper.pending[rid] = request
             try:
-                self._conn.send((rid, request.names))
-                send_handle(self._conn, dir_fd, self._proc.pid)
+                helper.conn.send((rid, request.names))
+                socket.send_fds(helper.sock, [bytes([1])], [dir_fd])  # as recv_handle reads it
             except OSError:
-                self._pending.pop(rid, None)
-                return False  # it died: its reader restarts nothing, the next send does
+                # Half a request may be in the stream: this helper is done for.
+                helper.pending.pop(rid, None)
+                _stop(helper)
+                if self._helper is helper:
+                    self._helper = None
+                return False
         return True
 
-    def _read(self, conn: Connection, proc: subprocess.Popen[bytes]) -> None:
-        """The helper's answers, to their requests, until it ends."""
+    def _read(self, helper: _Helper) -> None:
+        """The helper's answers, to their requests, until it ends; then what
+        it left unanswered fails (the callers walk it), whatever ended it."""
         try:
             while True:
-                message = conn.recv()
+                message = helper.conn.recv()
                 if message[0] == "progress":
                     _, rid, index, files, bytes_ = message
-                    request = self._pending.get(rid)
-                    if request is None:
+                    if (request := helper.pending.get(rid)) is None:
                         continue
                     seen = request.reported.get(index, (0, 0))
                     request.reported[index] = (seen[0] + files, seen[1] + bytes_)
                     if (progress := request.progresses[index]) is not None:
                         progress.add(files, bytes_)
-                else:
-                    _, rid, results = message
-                    with self._lock:
-                        request = self._pending.pop(rid)
-                    for index, result in enumerate(results):
-                        # The rest of a tree's progress comes with its result.
-                        progress = request.progresses[index]
-                        if progress is not None and isinstance(result, fs.TreeStats):
-                            files, bytes_ = request.reported.get(index, (0, 0))
-                            progress.add(result.files - files, result.bytes - bytes_)
-                    request.done.set_result(results)
+                    continue
+                _, rid, results = message
+                with self._lock:
+                    request = helper.pending.pop(rid, None)
+                if request is None:
+                    continue
+                for index, result in enumerate(results):
+                    # The rest of a tree's progress comes with its result.
+                    progress = request.progresses[index]
+                    if progress is not None and isinstance(result, fs.TreeStats):
+                        files, bytes_ = request.reported.get(index, (0, 0))
+                        progress.add(result.files - files, result.bytes - bytes_)
+                request.done.set_result(results)
         except (EOFError, OSError):
-            pass
-        proc.wait()
-        with self._lock:
-            if self._conn is conn:
-                self._conn = None
-            gone, self._pending = self._pending, {}
-            if proc.returncode >= 0 and time.monotonic() - self._started_at < _RETRY_SECONDS:
+            pass  # it ended, or was stopped
+        except Exception:
+            log.exception("purge_helper_unreadable")
+        finally:
+            with self._lock:
+                if self._helper is helper:
+                    self._helper = None
+                _stop(helper)
+                gone, helper.pending = helper.pending, {}
+            helper.conn.close()
+            for request in gone.values():  # before the wait: a hung helper may never end
+                request.done.set_exception(HelperGone())
+            status = helper.proc.wait()
+            if status >= 0 and time.monotonic() - helper.started_at < _RETRY_SECONDS:
                 # It exited on its own, and soon: it cannot run (a broken
                 # install, say). Callers walk themselves for a while.
                 self._retry_at = time.monotonic() + _RETRY_SECONDS
-        if gone or not self._closed:
-            log.warning("purge_helper_ended", status=proc.returncode, requests=len(gone))
-        for request in gone.values():
-            request.done.set_exception(HelperGone())
+            if gone or not self._closed:
+                log.warning("purge_helper_ended", status=status, requests=len(gone))
+
+
+def _stop(helper: _Helper) -> None:
+    """End of file for the helper, which then exits (at once, mid-tree if need
+    be: the trash's sweep finishes the tree), and for its reader thread."""
+    with contextlib.suppress(OSError):
+        helper.sock.shutdown(socket.SHUT_RDWR)
+    helper.sock.close()
 
 
 def _walk_here(

@@ -221,13 +221,19 @@ class Trash:
         outcomes: dict[int, Purged] = {}
         by_parent: dict[int, list[tuple[int, str, Progress | None]]] = {}
         with contextlib.ExitStack() as located:
+            own: dict[int, int] = {}  # a held descriptor -> this call's duplicate of it
             for index, (detached, progress) in enumerate(trees):
                 try:
                     parent_fd, name = located.enter_context(self._located(detached))
+                    if parent_fd not in own:
+                        # Its own: a close() meanwhile (at shutdown) must not
+                        # take it from a walk that falls back to this thread.
+                        own[parent_fd] = os.dup(parent_fd)
+                        located.callback(os.close, own[parent_fd])
                 except Exception as e:  # not a label of ours, or its holder unusable
                     outcomes[index] = e
                     continue
-                by_parent.setdefault(parent_fd, []).append((index, name, progress))
+                by_parent.setdefault(own[parent_fd], []).append((index, name, progress))
             for parent_fd, items in by_parent.items():
                 indexes, names, progresses = zip(*items, strict=True)
                 done = self.purger.purge(parent_fd, list(names), progresses)

@@ -144,3 +144,23 @@ def test_the_helper_ends_with_a_killed_service(service_factory, base_dir: Path, 
     while time.monotonic() < deadline and running():
         time.sleep(0.05)
     assert not running()
+
+
+def test_a_purge_under_way_when_the_trash_closes_still_finishes(trash: Trash) -> None:
+    # As at shutdown: the helper is stopped while it has a request, and the
+    # trash's descriptors are closed; the caller walks the tree itself.
+    tree = detached(trash, "task_late", files=50)
+    expected = counts(tree)
+    pid = helper_of(trash)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        thread, out = in_thread(trash.purge, tree)
+        thread.join(0.3)
+        assert thread.is_alive()
+        trash.close()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    thread.join(60)
+    (stats,) = out
+    assert (stats.files, stats.bytes, stats.error_count) == (*expected, 0)
+    assert not os.path.lexists(tree)
