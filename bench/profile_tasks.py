@@ -4,6 +4,7 @@
     python bench/profile_tasks.py --profile        # the same under py-spy (pip install py-spy)
     python bench/profile_tasks.py --original       # each batch beside the original approach
     python bench/profile_tasks.py --job            # each batch as a background job
+    python bench/profile_tasks.py --load           # list requests during each batch (scenario 4)
 
 It starts the real service as ``bench_service.py`` does, deletes one warm-up
 batch, then ``--batches`` batches of ``--tasks`` one-file tasks in one request
@@ -14,13 +15,16 @@ share of the samples spent inside each of the pipeline's main steps. With
 ``--original``, each batch is followed by the original approach on as many
 tasks (``bench_service.original``), and the ratio of the two rates is printed.
 With ``--job``, each batch is a background job, timed to the poll (every 20 ms)
-that sees it finished.
+that sees it finished. With ``--load``, a list request every 20 ms runs during
+each batch, as in scenario 4, and its p50 and p99 are printed beside those of
+the same requests on the idle service (measured first).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import shutil
 import statistics
 import subprocess
@@ -75,6 +79,7 @@ def main() -> int:
         "--original", action="store_true", help="after each batch, the original approach"
     )
     parser.add_argument("--job", action="store_true", help="each batch as a background job")
+    parser.add_argument("--load", action="store_true", help="list requests during each batch")
     args = parser.parse_args()
     beside = Path(sys.executable).with_name("py-spy")  # a venv's, when it is not on PATH
     spy_exe = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
@@ -106,13 +111,28 @@ def main() -> int:
                         )  # fmt: skip
                     time.sleep(1)
                 rates, ratios = [], []
+                if args.load:
+                    with bench.Poller(service.url) as poll:
+                        time.sleep(3)
+                    idle = poll.latencies
+                    print(f"idle list p50 {bench.pct(idle, 50) * 1000:.1f} ms,"
+                          f" p99 {bench.pct(idle, 99) * 1000:.1f} ms")  # fmt: skip
                 for b, trees in enumerate(fixtures[1:]):
                     cpu = service.cpu_seconds()
-                    took, data = bench.sync_then(service.delete, list(trees), background=args.job)
+                    with contextlib.ExitStack() as during:
+                        poll = bench.Poller(service.url) if args.load else None
+                        if poll is not None:
+                            during.enter_context(poll)
+                        took, data = bench.sync_then(
+                            service.delete, list(trees), background=args.job
+                        )
                     bench.check(data, trees, "batch")
                     cpu_ms = (service.cpu_seconds() - cpu) / len(trees) * 1000
                     rates.append(len(trees) / took)
                     line = f"{rates[-1]:7.0f} tasks/s   service CPU {cpu_ms:.2f} ms a task"
+                    if poll is not None:
+                        line += f"   list p50 {bench.pct(poll.latencies, 50) * 1000:.1f}"
+                        line += f" p99 {bench.pct(poll.latencies, 99) * 1000:.1f} ms"
                     if originals:
                         old = list(originals[b].values())
                         took, _ = bench.sync_then(bench.original, old, url)

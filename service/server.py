@@ -46,9 +46,11 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import resource
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -233,7 +235,23 @@ def serve(app: web.Application, settings: Settings) -> None:
     """Serve ``app`` on ``settings.host:port`` until SIGINT or SIGTERM. Raises
     ``ListenError`` when the port cannot be listened on (after the app's
     start-up, as ``web.run_app`` did)."""
+    # A worker thread (a group's coalesced lstats and renames, the audit
+    # write) that holds the interpreter lock gives it back to the event loop
+    # after 1 ms rather than 5 (bench/profile_tasks.py --load, alternating:
+    # one-file tasks 6 % faster in one comparison, the same in another).
+    sys.setswitchinterval(0.001)
     asyncio.run(_serve(app, settings))
+
+
+def _spare_the_collector() -> None:
+    """What start-up built lives as long as the process: out of the garbage
+    collector's sight (``gc.freeze``), with young collections 30 times rarer,
+    so that a full collection does not stall the event loop while it walks
+    every module, class and plugin: list requests during 1,000 one-file
+    deletions had p99 spikes of 24-27 ms without this, 7-13 ms with it."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
 
 
 async def _serve(app: web.Application, settings: Settings) -> None:
@@ -271,6 +289,7 @@ async def _serve(app: web.Application, settings: Settings) -> None:
         lingering_time=settings.header_timeout,
     )
     await runner.setup()
+    _spare_the_collector()
     try:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         limit = connection_limit(settings.max_connections, settings.walk_descriptors, soft)
