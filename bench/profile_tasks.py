@@ -11,7 +11,10 @@ batch, then ``--batches`` batches of ``--tasks`` one-file tasks in one request
 each, and prints each batch's tasks per second and the service's CPU per task.
 With ``--profile``, py-spy samples the service (only while a thread holds the
 interpreter lock: the CPU that bounds a small task) and the script prints the
-share of the samples spent inside each of the pipeline's main steps. With
+share of the samples spent inside each of the pipeline's main steps. The
+walks themselves run in the purge helper (``service/purger.py``), another
+process that py-spy does not sample: "the walk" is the service's share of
+handing them over. With
 ``--original``, each batch is followed by the original approach on as many
 tasks (``bench_service.original``), and the ratio of the two rates is printed.
 With ``--job``, each batch is a background job, timed to the poll (every 20 ms)

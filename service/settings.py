@@ -42,8 +42,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_task_ids": 1000,
         "purge_threads": 8,
         "walk_descriptors": 256,
-        "commit_group": 50,
-        "tasks_in_flight": 100,
+        "commit_group": 100,
+        "tasks_in_flight": 200,
     },
     "plugins": {"enabled": [], "entry_points": True},
     "auth": {"tokens": [], "allow_anonymous": False},
@@ -104,8 +104,8 @@ class Settings:
     purge_threads: int = 8
     walk_descriptors: int = 256
     # A batch's tasks committed together in one transaction, and deleted at once.
-    commit_group: int = 50
-    tasks_in_flight: int = 100
+    commit_group: int = 100
+    tasks_in_flight: int = 200
     # Seconds a running deletion may take to finish after SIGTERM.
     shutdown_grace: float = 30.0
     embedded_data_dir: Path = Path("var/pgdata")

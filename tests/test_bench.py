@@ -50,7 +50,9 @@ def test_small_benchmark_checks_its_counts_and_writes_the_table(
     assert not list(tmp_path.glob("dptask-bench-*"))
 
 
-@pytest.mark.parametrize("how", [[], ["--job"]], ids=["request", "job"])
+@pytest.mark.parametrize(
+    "how", [[], ["--job"], ["--load"]], ids=["request", "job", "with list requests"]
+)
 def test_profile_script_deletes_its_batches_and_reports_each(
     server_url: str, how: list[str]
 ) -> None:
@@ -66,6 +68,9 @@ def test_profile_script_deletes_its_batches_and_reports_each(
     lines = result.stdout.splitlines()
     assert sum("tasks/s   service CPU" in line and " x" in line for line in lines) == 2
     assert lines[-1].startswith("median ") and lines[-1].endswith("x the original")
+    if "--load" in how:  # the idle figures first, then each batch's
+        assert sum(line.startswith("idle list p50 ") for line in lines) == 1
+        assert sum("   list p50 " in line for line in lines) == 2
 
 
 def test_profile_shares_count_each_sample_in_every_step_it_passes_through(tmp_path: Path) -> None:
