@@ -7,11 +7,13 @@ jobs whose lease expired (their instance died), one at a time with
 
 A job runs its tasks through ``Deleter.delete_tasks``, in the groups and
 with the ``continue_on_error`` rule the pipeline DELETE uses, and its result
-is built by ``pipeline.batch_data`` like the DELETE response's data. Each
-group's outcomes are written into ``dptask_job_results`` (a row a task) as
-soon as they are known, and its tasks are marked ``started`` there before they
-run, so that a job taken over after its instance died never runs or reports a
-finished task again. Those writes are guarded by the job's row: each locks it
+is built by ``pipeline.batch_data`` like the DELETE response's data. Its
+tasks are marked ``started`` in ``dptask_job_results`` (a row a task) before
+they run, and each group's outcomes are written there too, so that a job
+taken over after its instance died never runs or reports a finished task
+again. The groups go in ``limits.tasks_in_flight / limits.commit_group``
+lanes; a lane writes its last group's outcomes and its next group's marks in
+one statement, before that group starts (one round trip a group, not two). Those writes are guarded by the job's row: each locks it
 ``FOR SHARE`` and lands only while the row names this runner as the owner.
 A claim (``FOR UPDATE SKIP LOCKED``) skips the row while a write holds it and
 reads the outcomes in a later statement; a claim that came first leaves the
@@ -40,6 +42,7 @@ Finished jobs older than ``jobs.retention_days`` are deleted by the runner.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -78,10 +81,14 @@ Rows = list[dict[str, Any]]
 STATUSES = ("queued", "running", "succeeded", "partial", "failed", "cancelled")
 KINDS = ("delete", "cleanup")
 FINISHED = ("succeeded", "partial", "failed", "cancelled")
-_COLUMNS = (
-    "job_id, kind, status, actor, request_id, client, options, selection, task_ids,"
+# What the API shows of a job (``_shape``): not its task ids, which a client
+# polling a job of 1,000 tasks would otherwise have read and decoded each time.
+_SHOWN = (
+    "job_id, kind, status, actor, request_id, client, options, selection,"
     " cancel_requested, progress, created_at, started_at, finished_at, result"
 )
+_COLUMNS = f"{_SHOWN}, task_ids"  # and what running or cancelling one needs
+Outcomes = dict[str, tuple[bool, dict[str, Any]]]  # task_id -> (ok, its result entry)
 # How often an idle runner looks for work (a local submit wakes it at once).
 POLL_SECONDS = 1.0
 # The most time between two writes of a running job's progress (and lease).
@@ -129,7 +136,7 @@ class JobQueue:
             f"INSERT INTO {JOBS} (job_id, kind, actor, request_id, client, options, selection,"
             " task_ids, progress, created_at)"
             " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s::jsonb, %s)"
-            f" RETURNING {_COLUMNS}",
+            f" RETURNING {_SHOWN}",
             (
                 uuid.uuid4().hex,
                 kind,
@@ -147,7 +154,7 @@ class JobQueue:
         return _shape(rows[0])
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
-        rows = await self.db.query(f"SELECT {_COLUMNS} FROM {JOBS} WHERE job_id = %s", (job_id,))
+        rows = await self.db.query(f"SELECT {_SHOWN} FROM {JOBS} WHERE job_id = %s", (job_id,))
         return _shape(rows[0]) if rows else None
 
     async def list(
@@ -161,7 +168,7 @@ class JobQueue:
                 args.append(value)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self.db.query(
-            f"SELECT {_COLUMNS}, count(*) OVER () AS total_count FROM {JOBS} {clause}"
+            f"SELECT {_SHOWN}, count(*) OVER () AS total_count FROM {JOBS} {clause}"
             " ORDER BY created_at DESC, job_id DESC LIMIT %s OFFSET %s",
             (*args, limit, offset),
         )
@@ -394,11 +401,16 @@ class JobQueue:
     ) -> None:
         pending = [i for i in ids if i not in results]
 
-        async def run_group(group: list[str]) -> bool:
-            """Delete a group of the job's tasks (``Deleter.plan``); False when one failed."""
+        def stored_form(outcomes: Outcomes) -> dict[str, Any]:
+            return {i: {"ok": ok, "entry": entry} for i, (ok, entry) in outcomes.items()}
+
+        async def run_group(group: list[str], unstored: Outcomes) -> Outcomes:
+            """Delete a group of the job's tasks (``Deleter.plan``). The outcomes
+            of the lane's previous group (``unstored``) are written with this
+            group's "started" marks, one write; returns those not yet stored."""
             if run.lost:
-                return True
-            outcomes: dict[str, tuple[bool, dict[str, Any]]] = {}
+                return {}
+            outcomes: Outcomes = {}
             new = []
             for task_id in group:
                 # Started by an instance that died: settle first, even when
@@ -411,40 +423,46 @@ class JobQueue:
                         continue
                 new.append(task_id)  # never committed, back in place: run it (again)
             if new and not run.stopping:
-                await self._record(run, {task_id: {"started": True} for task_id in new})
+                marks = {task_id: {"started": True} for task_id in new}
+                await self._record(run, {**stored_form(unstored), **marks})
+                unstored = {}
                 if run.lost:  # the job is another runner's now, and so are its tasks
-                    return True
+                    return {}
                 outcomes.update(await self.deleter.delete_tasks(new, batch))
-            if not outcomes:
-                return True
             results.update(outcomes)
             run.done += len(outcomes)
-            await self._record(
-                run, {i: {"ok": ok, "entry": entry} for i, (ok, entry) in outcomes.items()}
-            )
+            return {**unstored, **outcomes}
+
+        async def store(outcomes: Outcomes) -> bool:
+            """Write outcomes not yet stored; False when one failed."""
+            if outcomes:
+                await self._record(run, stored_form(outcomes))
             return all(ok for ok, _ in outcomes.values())
 
         if batch.options.continue_on_error:
             groups, at_once = self.deleter.plan(pending, batch.options)
-            limit = asyncio.Semaphore(at_once)
+            queue = collections.deque(groups)
 
-            async def limited(group: list[str]) -> None:
-                async with limit:
-                    try:
-                        await run_group(group)
-                    except Exception:
-                        run.stopping = True  # no new task behind a job that gives up
-                        raise
+            async def lane() -> None:
+                """Groups one after the other, ``at_once`` lanes side by side."""
+                unstored: Outcomes = {}
+                try:
+                    while queue and not run.lost:
+                        unstored = await run_group(queue.popleft(), unstored)
+                    await store(unstored)
+                except Exception:
+                    run.stopping = True  # no new task behind a job that gives up
+                    raise
 
             # Every task ends before the job gives up on an error: none may go
             # on running behind it while another runner takes the job over.
-            done = await asyncio.gather(*(limited(g) for g in groups), return_exceptions=True)
+            done = await asyncio.gather(*(lane() for _ in groups[:at_once]), return_exceptions=True)
             for failure in done:
                 if isinstance(failure, BaseException):
                     raise failure
         else:
             for task_id in pending:
-                if run.lost or not await run_group([task_id]):
+                if run.lost or not await store(await run_group([task_id], {})):
                     break
 
     async def _resume(
