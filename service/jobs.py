@@ -13,8 +13,9 @@ they run, and each group's outcomes are written there too, so that a job
 taken over after its instance died never runs or reports a finished task
 again. The groups go in ``limits.tasks_in_flight / limits.commit_group``
 lanes; a lane writes its last group's outcomes and its next group's marks in
-one statement, before that group starts (one round trip a group, not two). Those writes are guarded by the job's row: each locks it
-``FOR SHARE`` and lands only while the row names this runner as the owner.
+one statement, before that group starts (one round trip a group, not two).
+Those writes are guarded by the job's row: each locks it ``FOR SHARE`` and
+lands only while the row names this runner as the owner.
 A claim (``FOR UPDATE SKIP LOCKED``) skips the row while a write holds it and
 reads the outcomes in a later statement; a claim that came first leaves the
 write nothing to land on (the runner then knows the job is lost). A drain's

@@ -97,6 +97,7 @@ class _Helper:
     conn: Connection  # the messages, on a descriptor of its own of the same socket
     started_at: float
     pending: dict[int, _Request] = field(default_factory=dict)
+    stopped: bool = False  # by the service (``_stop``), not on its own
 
 
 class Purger:
@@ -243,13 +244,15 @@ class Purger:
             with self._lock:
                 if self._helper is helper:
                     self._helper = None
+                ended_on_its_own = not helper.stopped
                 _stop(helper)
                 gone, helper.pending = helper.pending, {}
             helper.conn.close()
             for request in gone.values():  # before the wait: a hung helper may never end
                 request.done.set_exception(HelperGone())
             status = helper.proc.wait()
-            if status >= 0 and time.monotonic() - helper.started_at < _RETRY_SECONDS:
+            soon = time.monotonic() - helper.started_at < _RETRY_SECONDS
+            if ended_on_its_own and status >= 0 and soon:
                 # It exited on its own, and soon: it cannot run (a broken
                 # install, say). Callers walk themselves for a while.
                 self._retry_at = time.monotonic() + _RETRY_SECONDS
@@ -260,6 +263,7 @@ class Purger:
 def _stop(helper: _Helper) -> None:
     """End of file for the helper, which then exits (at once, mid-tree if need
     be: the trash's sweep finishes the tree), and for its reader thread."""
+    helper.stopped = True
     with contextlib.suppress(OSError):
         helper.sock.shutdown(socket.SHUT_RDWR)
     helper.sock.close()

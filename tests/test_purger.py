@@ -164,3 +164,15 @@ def test_a_purge_under_way_when_the_trash_closes_still_finishes(trash: Trash) ->
     (stats,) = out
     assert (stats.files, stats.bytes, stats.error_count) == (*expected, 0)
     assert not os.path.lexists(tree)
+
+
+def test_a_helper_closed_by_the_service_can_be_started_again_at_once(trash: Trash) -> None:
+    first = helper_of(trash)
+    trash.purger.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{first}/cmdline"):
+        time.sleep(0.02)  # reaped by its reader thread
+    again = helper_of(trash)  # not taken for a helper that cannot run
+    assert again != first
+    tree = detached(trash, "task_a", files=3)
+    assert trash.purge(tree).files == 3
