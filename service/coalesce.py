@@ -69,8 +69,9 @@ class Coalesced(Generic[P, R]):
     def _run(self, loop: asyncio.AbstractEventLoop, calls: list[_Call]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         if self._many is not None:
-            assert not any(kwargs for _, kwargs, _ in calls), "many takes positional arguments"
             try:
+                if any(kwargs for _, kwargs, _ in calls):
+                    raise TypeError("a call of many takes positional arguments only")
                 results = self._many([args for args, _, _ in calls])
                 if len(results) != len(calls):
                     raise RuntimeError(f"{len(results)} outcomes for {len(calls)} calls")

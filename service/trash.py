@@ -226,10 +226,7 @@ class Trash:
                 try:
                     parent_fd, name = located.enter_context(self._located(detached))
                     if parent_fd not in own:
-                        # Its own: a close() meanwhile (at shutdown) must not
-                        # take it from a walk that falls back to this thread.
-                        own[parent_fd] = os.dup(parent_fd)
-                        located.callback(os.close, own[parent_fd])
+                        own[parent_fd] = _own_copy(parent_fd, located)
                 except Exception as e:  # not a label of ours, or its holder unusable
                     outcomes[index] = e
                     continue
@@ -393,6 +390,18 @@ async def settle(
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _own_copy(fd: int, stack: contextlib.ExitStack) -> int:
+    """A duplicate of ``fd``, closed with ``stack``: a close() meanwhile (at
+    shutdown) must not take the directory from a walk that falls back to the
+    caller's thread. Out of descriptors, ``fd`` itself, as before."""
+    try:
+        copy = os.dup(fd)
+    except OSError:
+        return fd
+    stack.callback(os.close, copy)
+    return copy
 
 
 def _open_trash(base_fd: int) -> int:
