@@ -450,10 +450,15 @@ class JobQueue:
                 try:
                     while queue and not run.lost:
                         unstored = await run_group(queue.popleft(), unstored)
-                    await store(unstored)
-                except Exception:
+                except BaseException:  # an error, or cancelled (a drain out of time)
                     run.stopping = True  # no new task behind a job that gives up
+                    # What this lane finished is stored all the same: a takeover
+                    # must not find it started with no outcome (and run it, or
+                    # report it, again). Stored twice is the same row twice.
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(store(unstored))
                     raise
+                await store(unstored)
 
             # Every task ends before the job gives up on an error: none may go
             # on running behind it while another runner takes the job over.

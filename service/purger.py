@@ -97,7 +97,7 @@ class _Helper:
     conn: Connection  # the messages, on a descriptor of its own of the same socket
     started_at: float
     pending: dict[int, _Request] = field(default_factory=dict)
-    stopped: bool = False  # by the service (``_stop``), not on its own
+    stopped: bool = False  # by the service's close(), not on its own
 
 
 class Purger:
@@ -171,6 +171,7 @@ class Purger:
             self._closed = True
             helper, self._helper = self._helper, None
             if helper is not None:
+                helper.stopped = True
                 _stop(helper)
 
     def purge(
@@ -263,7 +264,6 @@ class Purger:
 def _stop(helper: _Helper) -> None:
     """End of file for the helper, which then exits (at once, mid-tree if need
     be: the trash's sweep finishes the tree), and for its reader thread."""
-    helper.stopped = True
     with contextlib.suppress(OSError):
         helper.sock.shutdown(socket.SHUT_RDWR)
     helper.sock.close()
