@@ -206,8 +206,9 @@ def dptask_purge_directory(task: TaskContext, path: Path) -> TreeStats | None:
     at all fail the task with ``PURGE_FAILED``: what is left is recorded as
     existing and renamed back under its id, or, when the records were
     deleted, left in the trash for the start-up sweep. The built-in walks the
-    tree in worker threads, never following a symlink and never entering
-    another file system; it purges only trees in the service's trash.
+    tree in the service's purge helper process (``service/purger.py``), never
+    following a symlink and never entering another file system; it purges
+    only trees in the service's trash.
 
     Returns a ``TreeStats`` (``files``, ``bytes``, ``errors``,
     ``error_count``). First non-None result wins.
