@@ -21,15 +21,16 @@ Scenarios (sizes of the full form):
   3  one DELETE of 1,000 one-file tasks, and the same as a background job:
      tasks per second against the original approach
   4  list requests every 20 ms during 1 and 3: p50 and p99, and on an idle service
-  5  peak RSS (VmHWM) of the service process, restarted before each: during 1,
-     and during the deletion of one task of --million empty files
+  5  peak RSS (VmHWM) of the service process and its purge helper, restarted
+     before each: during 1, and during the deletion of one task of --million
+     empty files
+  6  ``GET ...tasks?limit=100`` with --records task records, first page and at
+     offset 90 % of them, and the clean-up dry run over them: p50 and p99
 
 Scenarios 4 and 5 run 1 and 3 once more each round, on trees of their own
 ("with list requests"): the times of 1, 2 and 3 set against the baselines are
 those of runs with no other request, as the baselines serve none. The runs
 with list requests are timed too, and their rows stand beside the others.
-  6  ``GET ...tasks?limit=100`` with --records task records, first page and at
-     offset 90 % of them, and the clean-up dry run over them: p50 and p99
 
 The original approach (as the pipeline did it, written here): per task a
 counting walk (``os.walk`` summing sizes), then ``shutil.rmtree``, then a new

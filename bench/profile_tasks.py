@@ -14,9 +14,9 @@ interpreter lock: the CPU that bounds a small task) and the script prints the
 share of the samples spent inside each of the pipeline's main steps. The
 walks themselves run in the purge helper (``service/purger.py``), another
 process that py-spy does not sample: "the walk" is the service's share of
-handing them over. With
-``--original``, each batch is followed by the original approach on as many
-tasks (``bench_service.original``), and the ratio of the two rates is printed.
+handing them over. With ``--original``, each batch is followed by the
+original approach on as many tasks (``bench_service.original``), and the
+ratio of the two rates is printed.
 With ``--job``, each batch is a background job, timed to the poll (every 20 ms)
 that sees it finished. With ``--load``, a list request every 20 ms runs during
 each batch, as in scenario 4, and its p50 and p99 are printed beside those of

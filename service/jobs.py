@@ -462,7 +462,8 @@ class JobQueue:
 
             # Every task ends before the job gives up on an error: none may go
             # on running behind it while another runner takes the job over.
-            done = await asyncio.gather(*(lane() for _ in groups[:at_once]), return_exceptions=True)
+            lanes = min(at_once, len(groups))
+            done = await asyncio.gather(*(lane() for _ in range(lanes)), return_exceptions=True)
             for failure in done:
                 if isinstance(failure, BaseException):
                     raise failure

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
 
 from service import fs
 from service.coalesce import Coalesced
@@ -31,10 +30,7 @@ class DirectoryRemoval:
         # the trash directory's lock (measured: four threads were slower than
         # one, for one-file trees and 500-file trees alike); each walk still
         # shares out a big tree's files to the helper's purge pool.
-        self._purge = Coalesced(trash.purge, many=self._purge_many)
-
-    def _purge_many(self, calls: list[tuple[Any, ...]]) -> list[fs.TreeStats | BaseException]:
-        return self.trash.purge_many([(path, progress) for path, progress in calls])
+        self._purge = Coalesced(trash.purge, many=trash.purge_many)
 
     @hookimpl
     async def dptask_detach_directory(self, task: TaskContext) -> Path:
