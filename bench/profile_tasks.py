@@ -17,10 +17,11 @@ process that py-spy does not sample: "the walk" is the service's share of
 handing them over. With ``--original``, each batch is followed by the
 original approach on as many tasks (``bench_service.original``), and the
 ratio of the two rates is printed.
-With ``--job``, each batch is a background job, timed to the poll (every 20 ms)
-that sees it finished. With ``--load``, a list request every 20 ms runs during
-each batch, as in scenario 4, and its p50 and p99 are printed beside those of
-the same requests on the idle service (measured first).
+With ``--job``, each batch is a background job, timed to the answer of
+``GET …/jobs/{id}?wait=60``, which comes as it ends. With ``--load``, a list
+request every 20 ms runs during each batch, as in scenario 4, and its p50 and
+p99 are printed beside those of the same requests on the idle service
+(measured first).
 """
 
 from __future__ import annotations

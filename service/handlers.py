@@ -149,7 +149,9 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     job_id = _job_id(request)
-    job = await request.app[appkeys.JOBS].get(job_id)
+    wait = params.query_values(request.query, params.JOB_QUERY)["wait"]
+    jobs = request.app[appkeys.JOBS]
+    job = await (jobs.wait(job_id, wait) if wait else jobs.get(job_id))
     if job is None:
         raise NotFound(f"任务作业不存在: {job_id}")
     return envelope(200, "获取任务作业成功", job)

@@ -37,6 +37,9 @@ the purges removed so far, from the walk as it goes) and reads
 started finishes; the rest are ``skipped_tasks``. A heartbeat that finds the
 row no longer ours (another instance took it over) stops the job the same way.
 
+A client waits for a job with ``wait``: answered as a job of this instance
+ends, and from a read every ``PROGRESS_SECONDS`` for one elsewhere.
+
 Finished jobs older than ``jobs.retention_days`` are deleted by the runner.
 """
 
@@ -110,6 +113,8 @@ class JobQueue:
         self._draining = False
         self._runner: asyncio.Task[None] | None = None
         self._running: dict[str, _Run] = {}
+        # Set, and replaced, whenever a job of this instance starts or ends (``wait``).
+        self._changed = asyncio.Event()
 
     # ------------------------------------------------------------ the API
 
@@ -157,6 +162,25 @@ class JobQueue:
     async def get(self, job_id: str) -> dict[str, Any] | None:
         rows = await self.db.query(f"SELECT {_SHOWN} FROM {JOBS} WHERE job_id = %s", (job_id,))
         return _shape(rows[0]) if rows else None
+
+    async def wait(self, job_id: str, seconds: float) -> dict[str, Any] | None:
+        """The job once it has finished, or as it is after ``seconds`` (None
+        when there is no such job). A job of this instance is answered as it
+        ends; one another instance runs, or one still queued, is read again
+        every ``PROGRESS_SECONDS``. A drain answers at once."""
+        deadline = time.monotonic() + seconds
+        while True:
+            changed = self._changed  # before the read: a change after it is not missed
+            job = await self.get(job_id)
+            left = deadline - time.monotonic()
+            if job is None or job["status"] in FINISHED or left <= 0 or self._draining:
+                return job
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(left, PROGRESS_SECONDS))
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def list(
         self, *, limit: int, offset: int, status: str | None = None, kind: str | None = None
@@ -229,6 +253,7 @@ class JobQueue:
         back to ``queued`` for another instance. Idempotent."""
         self._draining = True
         self._wake.set()
+        self._signal()  # no waiter holds up the shutdown
         for run in self._running.values():
             run.stopping = True
         runs = [r.task for r in self._running.values()]
@@ -298,6 +323,8 @@ class JobQueue:
         self._running[run.job_id] = run
         run.task.add_done_callback(lambda _: self._running.pop(run.job_id, None))
         run.task.add_done_callback(lambda _: self._wake.set())
+        run.task.add_done_callback(lambda _: self._signal())
+        self._signal()
 
     async def remove_expired(self) -> int:
         """Delete the jobs finished more than ``jobs.retention_days`` ago."""

@@ -13,6 +13,7 @@ from typing import Any
 from service.params import (
     JOB_ID,
     JOB_KINDS,
+    JOB_QUERY,
     JOB_STATUSES,
     JOBS_QUERY,
     LIST_QUERY,
@@ -259,6 +260,16 @@ def openapi(settings: Settings) -> dict[str, Any]:
         {"name": name, "in": "query", "required": False, "schema": param.schema()}
         for name, param in JOBS_QUERY.items()
     ]
+    job_query = [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": param.schema(),
+            "description": "answer once the job has finished, or after this many seconds",
+        }
+        for name, param in JOB_QUERY.items()
+    ]
     job_id = {
         "name": "job_id",
         "in": "path",
@@ -341,8 +352,8 @@ def openapi(settings: Settings) -> dict[str, Any]:
             f"{API}/jobs/{{job_id}}": {
                 "get": {
                     "operationId": "getJob",
-                    "parameters": [job_id],
-                    "responses": {**_ok(JOB, "one job"), **_errors(404, *common)},
+                    "parameters": [job_id, *job_query],
+                    "responses": {**_ok(JOB, "one job"), **_errors(400, 404, *common)},
                 }
             },
             f"{API}/jobs/{{job_id}}/cancel": {

@@ -126,7 +126,28 @@ class TimestampParam:
         return {"type": "string", "pattern": _TIMESTAMP}
 
 
-Param = IntParam | ChoiceParam | TimestampParam
+# A JSON number, not negative (the schema's "number"); used with fullmatch.
+_NUMBER = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+@dataclass(frozen=True)
+class SecondsParam:
+    """A duration in seconds: ``5``, ``0.25``."""
+
+    default: float
+    maximum: float
+
+    def parse(self, name: str, raw: str) -> float:
+        if len(raw) > 64 or not _NUMBER.fullmatch(raw) or float(raw) > self.maximum:
+            message = f"{name} 必须是 0 到 {self.maximum:g} 之间的秒数（如 5 或 0.25）"
+            raise BadRequest(message, invalid_params=[name])
+        return float(raw)
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "number", "default": self.default, "minimum": 0, "maximum": self.maximum}
+
+
+Param = IntParam | ChoiceParam | TimestampParam | SecondsParam
 
 # The list endpoint's query: validation here, and the OpenAPI description from it.
 LIST_QUERY: dict[str, Param] = {
@@ -147,6 +168,8 @@ JOBS_QUERY: dict[str, Param] = {
     "status": ChoiceParam(JOB_STATUSES),
     "kind": ChoiceParam(JOB_KINDS),
 }
+# One job: ``wait`` answers once the job has finished, or after that many seconds.
+JOB_QUERY: dict[str, Param] = {"wait": SecondsParam(0.0, 60.0)}
 
 
 def query_values(query: MultiMapping[str], spec: dict[str, Param]) -> dict[str, Any]:

@@ -5,10 +5,13 @@ request before the 202, and the list/get/cancel validation."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
+from service import appkeys
+from service.plugin_api import TaskContext, hookimpl
 from tests.helpers import URL, delete
 
 JOBS = "/api/v0/data_pipeline/jobs"
@@ -188,3 +191,122 @@ async def test_a_background_delete_of_an_id_with_nul_reports_it_invalid(client, 
     job = await finished(client, resp.headers["Location"])
     failed = {t["error_code"] for t in job["result"]["failed_tasks"]}
     assert failed == {"INVALID_TASK_ID"} and job["result"]["summary"]["failed"] == 2
+
+
+class Held:
+    """Each task waits, before its directory is touched, until ``go`` is set."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+
+    @hookimpl
+    async def dptask_before_removal(self, task: TaskContext) -> None:
+        await self.go.wait()
+
+
+async def background(client: Any, *task_ids: str) -> str:
+    body = {"task_ids": list(task_ids), "confirm": True, "background": True}
+    resp = await client.delete(URL, json=body)
+    assert resp.status == 202
+    return resp.headers["Location"]
+
+
+async def get_job(client: Any, location: str, **query: str) -> tuple[float, dict[str, Any]]:
+    """Seconds the answer took, and the job."""
+    started = time.monotonic()
+    resp = await client.get(location, params=query)
+    body = await resp.json()
+    assert resp.status == 200, body
+    return time.monotonic() - started, body["data"]
+
+
+@pytest.mark.parametrize("plugins", [[Held()]])
+async def test_wait_answers_as_the_job_ends(client, task_factory, base_dir, plugins):
+    task_factory("task_1", files=3)
+    location = await background(client, "task_1")
+    waiting = asyncio.create_task(get_job(client, location, wait="30"))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()  # held: the answer waits for the job
+    plugins[0].go.set()
+    took, job = await waiting
+    assert job["status"] == "succeeded" and job["finished_at"]
+    assert job["result"]["deleted_tasks"][0]["deleted_files_count"] == 3
+    assert not (base_dir / "task_1").exists()
+    assert took < 5  # as it ended, not when the 30 s were up
+
+
+@pytest.mark.parametrize("plugins", [[Held()]])
+async def test_wait_answers_the_job_as_it_is_when_the_time_is_up(client, task_factory, plugins):
+    task_factory("task_1")
+    location = await background(client, "task_1")
+    took, job = await get_job(client, location, wait="0.4")
+    assert job["status"] in ("queued", "running") and job["result"] is None
+    assert 0.4 <= took < 3
+    took, job = await get_job(client, location)  # no wait: at once
+    assert job["status"] in ("queued", "running") and took < 0.4
+    plugins[0].go.set()
+    _, job = await get_job(client, location, wait="30")
+    assert job["status"] == "succeeded"
+
+
+async def test_wait_sees_a_job_another_instance_finishes(client, schema):
+    """A job this instance does not run is read again while it waits: here a
+    row another instance owns, finished by that instance's own write."""
+    schema.rows(
+        "INSERT INTO dptask_jobs (job_id, kind, status, owner, actor, request_id, options,"
+        " task_ids, progress, created_at, started_at, heartbeat_at)"
+        " VALUES ('elsewhere', 'delete', 'running', 'other-host:1:x', 'tester', 'r',"
+        " '{\"dry_run\": false}', '[]', '{}', now(), now(), now())"
+    )
+
+    async def finish_elsewhere() -> None:
+        await asyncio.sleep(0.6)
+        await asyncio.to_thread(
+            schema.rows,
+            "UPDATE dptask_jobs SET status = 'succeeded', finished_at = now(),"
+            " result = '{\"summary\": {}}' WHERE job_id = 'elsewhere'",
+        )
+
+    other = asyncio.create_task(finish_elsewhere())
+    took, job = await get_job(client, f"{JOBS}/elsewhere", wait="30")
+    await other
+    assert job["status"] == "succeeded" and job["result"] == {"summary": {}}
+    assert 0.6 <= took < 3
+
+
+@pytest.mark.parametrize("plugins", [[Held()]])
+async def test_a_drain_ends_the_wait(client, task_factory, plugins):
+    task_factory("task_1")
+    location = await background(client, "task_1")
+    waiting = asyncio.create_task(get_job(client, location, wait="30"))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    await client.app[appkeys.JOBS].drain(0.2)  # as at shutdown: the job goes back to the queue
+    took, job = await waiting
+    # Answered as it was when the drain began, not after the 30 s.
+    assert job["status"] in ("running", "queued") and time.monotonic() - started < 3
+    plugins[0].go.set()
+
+
+@pytest.mark.parametrize("value", ["-1", "60.5", "61", "1e3", "abc", "", " 5", "nan", "inf", "1."])
+async def test_wait_validation(client, schema, value):
+    resp = await client.get(f"{JOBS}/any", params={"wait": value})
+    body = await resp.json()
+    assert resp.status == 400 and body["invalid_params"] == ["wait"], body
+    assert "wait 必须是 0 到 60 之间的秒数" in body["message"]
+
+
+@pytest.mark.parametrize("value", ["0", "60", "0.25", "2.5e-1", "1E+1"])
+async def test_wait_takes_any_number_of_seconds_in_range(client, schema, value):
+    resp = await client.get(f"{JOBS}/0123456789abcdef", params={"wait": value})
+    assert resp.status == 404  # valid, and no such job: answered at once
+
+
+async def test_one_job_refuses_unknown_and_repeated_parameters(client, schema):
+    resp = await client.get(f"{JOBS}/any?wiat=5")
+    body = await resp.json()
+    assert resp.status == 400 and body["unknown_params"] == ["wiat"]
+    resp = await client.get(f"{JOBS}/any?wait=1&wait=2")
+    assert resp.status == 400 and (await resp.json())["invalid_params"] == ["wait"]
+    resp = await client.get(f"{JOBS}/0123456789abcdef?wait=0.2")
+    assert resp.status == 404  # no such job: at once, not after the wait

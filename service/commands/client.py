@@ -256,9 +256,14 @@ def _follow(out: Output, api: Api, job: dict[str, Any], submitted: bool = False)
         with JobProgress(out) as progress:
             progress.update(job)
             while job["status"] not in FINISHED:
-                time.sleep(interval)
-                job = api.call("GET", f"/jobs/{job['job_id']}")[1]["data"]
+                # The service answers when the job ends, or after the interval;
+                # one that answers sooner (older, without wait) is not asked at once again.
+                asked = time.monotonic()
+                query = {"wait": interval}
+                job = api.call("GET", f"/jobs/{job['job_id']}", query=query)[1]["data"]
                 progress.update(job)
+                if job["status"] not in FINISHED:
+                    time.sleep(max(0.0, interval - (time.monotonic() - asked)))
     except KeyboardInterrupt:
         print(
             f"\nstopped following job {job['job_id']}; it goes on. "
