@@ -122,7 +122,8 @@ def open_dir(dir_fd: int, name: str, parent_mnt: int | None = None) -> int:
     """Open the directory ``name`` below ``dir_fd``: never through a symlink,
     never onto another mount (OSError EXDEV, also for a same-fs bind mount).
 
-    ``parent_mnt`` is ``dir_fd``'s mount id, for the fallback without openat2.
+    ``parent_mnt`` is ``dir_fd``'s mount id, for the fallback without
+    openat2 (read from ``dir_fd`` there when not given).
     """
     global _openat2_missing
     if not _openat2_missing:
@@ -140,6 +141,8 @@ def open_dir(dir_fd: int, name: str, parent_mnt: int | None = None) -> int:
         if err != errno.ENOSYS:
             raise OSError(err, os.strerror(err), name)
         _openat2_missing = True
+    if parent_mnt is None:
+        parent_mnt = mount_id(dir_fd)
     fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     try:
         st = statx(fd, "")

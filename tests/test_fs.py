@@ -221,6 +221,30 @@ def test_a_symlink_given_as_the_root_is_not_followed(tmp_path: Path) -> None:
     assert snapshot(target) == before
 
 
+@pytest.mark.parametrize("remove", [False, True], ids=["dry", "real"])
+def test_walk_at_takes_a_root_that_is_no_directory_as_one_entry(
+    tmp_path: Path, remove: bool
+) -> None:
+    """The walk opens its root as a directory: a file, or a symlink (to a
+    directory or not), is one entry, never followed; a missing one is nothing."""
+    target = tmp_path / "real"
+    make_tree(target)
+    before = snapshot(target)
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    (holder / "file").write_bytes(b"x" * 300)
+    os.symlink(target, holder / "link")
+    fd = os.open(holder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert counts(fs.walk_at(fd, "file", remove=remove)) == (1, 300, 0)
+        assert counts(fs.walk_at(fd, "link", remove=remove)) == (1, 0, 0)
+        assert counts(fs.walk_at(fd, "missing", remove=remove)) == (0, 0, 0)
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(holder)) == ([] if remove else ["file", "link"])
+    assert snapshot(target) == before
+
+
 def test_a_directory_on_another_device_is_not_entered(tmp_path: Path) -> None:
     root = tmp_path / "task_1"
     mnt = root / "sub" / "mnt"

@@ -141,7 +141,12 @@ def test_the_walk_never_enters_a_bind_mount_met_after_the_check(
     }
 
 
-def test_the_walk_refuses_a_root_that_is_a_mount_point(tmp_path: Path, bind) -> None:
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "mount-id-fallback"])
+def test_the_walk_refuses_a_root_that_is_a_mount_point(
+    tmp_path: Path, bind, monkeypatch, openat2: bool
+) -> None:
+    if not openat2:
+        monkeypatch.setattr(mounts, "_openat2_missing", True)  # as on a kernel before 5.6
     src = precious(tmp_path)
     before = tree_snapshot(src)
     task = tmp_path / "base" / "t1"
