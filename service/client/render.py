@@ -190,6 +190,8 @@ class JobProgress:
             )
             return
         line = job_line(job)
-        if line != self.last:  # a line per change, at most one per poll
+        # A line per change, at most one per poll; a finished job's line is
+        # written once, by the follower, with its result.
+        if line != self.last and job["status"] not in FINISHED:
             self.last = line
             self.out.line(f"{line}, {rate}" if rate else line)
