@@ -557,14 +557,14 @@ class JobQueue:
         """Write tasks' outcomes (or ``started`` marks) while the job is ours
         (its row share-locked meanwhile); none written marks the job lost."""
         rows = await self.db.query(
-            f"INSERT INTO {JOB_RESULTS} (job_id, task_id, outcome)"
+            f"WITH written AS (INSERT INTO {JOB_RESULTS} (job_id, task_id, outcome)"
             f" SELECT j.job_id, o.key, o.value FROM {JOBS} j, jsonb_each(%s::jsonb) o"
             " WHERE j.job_id = %s AND j.owner = %s FOR SHARE OF j"
             " ON CONFLICT (job_id, task_id) DO UPDATE SET outcome = EXCLUDED.outcome"
-            " RETURNING task_id",
+            " RETURNING 1) SELECT count(*) AS n FROM written",  # a count, not a row a task
             (json.dumps(outcomes, default=str), run.job_id, self.owner),
         )
-        if not rows:
+        if not rows[0]["n"]:
             run.lost = True
 
     async def _update(self, run: _Run, assignments: str, *args: Any) -> None:
