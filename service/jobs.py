@@ -175,8 +175,10 @@ class JobQueue:
             left = deadline - time.monotonic()
             if job is None or job["status"] in FINISHED or left <= 0 or self._draining:
                 return job
+            # This instance's jobs say when they end; any other is read again.
+            pause = left if job_id in self._running else min(left, PROGRESS_SECONDS)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), min(left, PROGRESS_SECONDS))
+                await asyncio.wait_for(changed.wait(), pause)
 
     def _signal(self) -> None:
         self._changed.set()
@@ -234,6 +236,7 @@ class JobQueue:
                     " finished_at = %s, result = %s::jsonb WHERE job_id = %s",
                     (now, json.dumps(data), job_id),
                 )
+        self._signal()
         return await self.get(job_id)
 
     async def counts(self) -> dict[str, int]:
@@ -409,6 +412,7 @@ class JobQueue:
                 json.dumps(data, default=str),
                 json.dumps(run.progress_json()),
             )
+            self._signal()  # its waiters are answered now, not after the audit line
             await self.deleter._audit(
                 "job_finished",
                 {"job_id": run.job_id, "kind": row["kind"], "status": status, **data["summary"]},

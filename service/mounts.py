@@ -100,6 +100,7 @@ def statx(dir_fd: int, name: str) -> Statx:
     following a symlink. Raises OSError like ``os.stat``."""
     if _statx is None:
         raise OSError(errno.ENOSYS, "statx is not available")
+    _no_nul(name)
     buf = getattr(_local, "buf", None)
     if buf is None:
         buf = _local.buf = ctypes.create_string_buffer(256)
@@ -118,6 +119,13 @@ def statx(dir_fd: int, name: str) -> Statx:
     )  # fmt: skip
 
 
+def _no_nul(name: str) -> None:
+    """Refuse a NUL, as ``os`` does: a C string ends there, so ctypes would
+    pass the name cut short, another entry than the one asked for."""
+    if "\0" in name:
+        raise ValueError(f"embedded null byte: {name!r}")
+
+
 def open_dir(dir_fd: int, name: str, parent_mnt: int | None = None) -> int:
     """Open the directory ``name`` below ``dir_fd``: never through a symlink,
     never onto another mount (OSError EXDEV, also for a same-fs bind mount).
@@ -126,6 +134,7 @@ def open_dir(dir_fd: int, name: str, parent_mnt: int | None = None) -> int:
     openat2 (read from ``dir_fd`` there when not given).
     """
     global _openat2_missing
+    _no_nul(name)
     if not _openat2_missing:
         how = _OpenHow(DIR_FLAGS, 0, RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS)
         fd = _syscall(

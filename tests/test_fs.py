@@ -245,6 +245,20 @@ def test_walk_at_takes_a_root_that_is_no_directory_as_one_entry(
     assert snapshot(target) == before
 
 
+@pytest.mark.parametrize("remove", [False, True], ids=["dry", "real"])
+def test_walk_at_refuses_a_name_with_a_nul(tmp_path: Path, remove: bool) -> None:
+    """A C string ends at a NUL: "real\0x" must never reach "real"."""
+    make_tree(tmp_path / "real")
+    before = snapshot(tmp_path / "real")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(ValueError, match="null byte"):
+            fs.walk_at(fd, "real\0x", remove=remove)
+    finally:
+        os.close(fd)
+    assert snapshot(tmp_path / "real") == before
+
+
 def test_a_directory_on_another_device_is_not_entered(tmp_path: Path) -> None:
     root = tmp_path / "task_1"
     mnt = root / "sub" / "mnt"

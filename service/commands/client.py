@@ -13,7 +13,8 @@ A deletion is shown before it is done: ``delete`` sends the same request with
 ``dry_run: true`` first, ``cleanup`` its dry run (the default on the server),
 and both ask unless ``--yes``. The real run is a background job
 (``"background": true``; ``cleanup``'s real run always is) that the command
-follows, polling ``GET /jobs/{id}``; Ctrl-C stops following, never the job.
+follows with ``GET /jobs/{id}?wait=…`` (answered as the job ends, else after the
+progress interval); Ctrl-C stops following, never the job.
 """
 
 from __future__ import annotations
