@@ -7,11 +7,12 @@ jobs whose lease expired (their instance died), one at a time with
 
 A job runs its tasks through ``Deleter.delete_tasks``, in the groups and
 with the ``continue_on_error`` rule the pipeline DELETE uses, and its result
-is built by ``pipeline.batch_data`` like the DELETE response's data. Its
-tasks are marked ``started`` in ``dptask_job_results`` (a row a task) before
-they run, and each group's outcomes are written there too, so that a job
-taken over after its instance died never runs or reports a finished task
-again. The groups go in ``limits.tasks_in_flight / limits.commit_group``
+is built by ``pipeline.batch_data`` like the DELETE response's data. Each
+group's tasks are marked started in ``dptask_job_results`` before they run
+(one row a group, under a key of its own: ``{"started_tasks": [...]}``), and
+each task's outcome is written there too (a row a task, under its id), so
+that a job taken over after its instance died never runs or reports a
+finished task again. The groups go in ``limits.tasks_in_flight / limits.commit_group``
 lanes; a lane writes its last group's outcomes and its next group's marks in
 one statement, before that group starts (one round trip a group, not two).
 Those writes are guarded by the job's row: each locks it ``FOR SHARE`` and
@@ -455,7 +456,7 @@ class JobQueue:
                         continue
                 new.append(task_id)  # never committed, back in place: run it (again)
             if new and not run.stopping:
-                marks = {task_id: {"started": True} for task_id in new}
+                marks = {_marks_key(): {"started_tasks": new}}
                 await self._record(run, {**stored_form(unstored), **marks})
                 unstored = {}
                 if run.lost:  # the job is another runner's now, and so are its tasks
@@ -603,11 +604,28 @@ class _Run:
 
 async def _stored(query: Callable[..., Awaitable[Rows]], row: dict[str, Any]) -> dict[str, Any]:
     """A job's task outcomes so far (task_id -> outcome or ``started`` mark):
-    its rows, over what an earlier version kept in the job's ``results``."""
+    its rows, over what an earlier version kept in the job's ``results``. A
+    group's mark (earlier versions wrote one a task) stands for each of its
+    tasks that has no row of its own."""
     rows = await query(
         f"SELECT task_id, outcome FROM {JOB_RESULTS} WHERE job_id = %s", (row["job_id"],)
     )
-    return {**(row["results"] or {}), **{r["task_id"]: r["outcome"] for r in rows}}
+    stored = dict(row["results"] or {})
+    started = []
+    for r in rows:
+        if "started_tasks" in r["outcome"]:
+            started += r["outcome"]["started_tasks"]
+        else:
+            stored[r["task_id"]] = r["outcome"]
+    for task_id in started:
+        stored.setdefault(task_id, {"started": True})
+    return stored
+
+
+def _marks_key() -> str:
+    """The key of a group's mark: its own, never a task's (a task id may be
+    any string, but none is this one)."""
+    return f"(started) {uuid.uuid4().hex}"
 
 
 def _progress(total: int, done: int, files: int, bytes_: int) -> dict[str, int]:

@@ -201,9 +201,14 @@ def insert_job(pg: Pg, task_ids: list[str], **options: Any) -> str:
 
 
 def stored(pg: Pg, job_id: str) -> dict[str, Any]:
-    """A job's task outcomes so far, as its runners wrote them."""
+    """A job's task outcomes so far, as its runners wrote them: a task's own
+    row, else ``{"started": True}`` when a group's mark names it."""
     rows = pg.rows("SELECT task_id, outcome FROM dptask_job_results WHERE job_id = %s", (job_id,))
-    return {r["task_id"]: r["outcome"] for r in rows}
+    outcomes = {r["task_id"]: r["outcome"] for r in rows if "started_tasks" not in r["outcome"]}
+    for r in rows:
+        for task_id in r["outcome"].get("started_tasks", []):
+            outcomes.setdefault(task_id, {"started": True})
+    return outcomes
 
 
 def store(pg: Pg, job_id: str, outcomes: dict[str, Any], *, legacy: bool = False) -> None:
@@ -223,20 +228,28 @@ def store(pg: Pg, job_id: str, outcomes: dict[str, Any], *, legacy: bool = False
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("how", "groups"),
+    [("SIGKILL", False), ("SIGTERM", False), ("SIGKILL", True)],
+    ids=["SIGKILL", "SIGTERM", "SIGKILL-groups"],
+)
 def test_an_instance_ends_then_another_finishes_the_job(
-    how: str, service_factory, pg: Pg, base_dir: Path, workdir: Path
+    how: str, groups: bool, service_factory, pg: Pg, base_dir: Path, workdir: Path
 ):
     """SIGKILL: the lease expires and the second instance takes the job over
     (settling the task that was in flight). SIGTERM: the first instance
-    finishes the task in flight and puts the job back to queued at once."""
+    finishes the task in flight and puts the job back to queued at once.
+    With groups (of two, one at a time), the tasks in flight are those a
+    group's mark names."""
     config = "[jobs]\nlease_seconds = 2\n"
+    if groups:
+        config += "[limits]\ncommit_group = 2\ntasks_in_flight = 2\n"
     first = service_factory(settings_text=config)
     ids = [f"k{i}" for i in range(10)]
     for task_id in ids:
         insert_task(pg, task_id)
         make_task_dir(base_dir, task_id, files=4000, size=10)
-    job_id = insert_job(pg, ids, continue_on_error=False)
+    job_id = insert_job(pg, ids, continue_on_error=groups)
 
     deadline = time.monotonic() + 60
     while True:  # kill it in the middle of the job
