@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from service import appkeys
+from service import appkeys, jobs
 from service.jobs import JobQueue
 from service.pipeline import DeleteOptions
 from service.plugin_api import TaskContext, hookimpl
@@ -537,3 +537,23 @@ async def test_a_cleanup_queued_behind_another_selects_when_it_starts(
     assert first["status"] == "succeeded"
     assert second["result"]["failed_tasks"] == [], second["result"]
     assert second["status"] == "succeeded"
+
+
+async def test_a_tasks_outcome_wins_over_its_groups_mark(client: Any, schema: Pg):
+    """What a runner reads back of a job: its tasks' outcomes, each group's
+    mark, and the marks a task that earlier versions wrote."""
+    job_id = insert_job(schema, ["a", "b", "c", "d"])
+    done = {"ok": True, "entry": {"task_id": "a"}}
+    failed = {"ok": False, "entry": {"task_id": "c"}}
+    store(
+        schema,
+        job_id,
+        {
+            "a": done,
+            "(started) 2": {"started_tasks": ["a", "b"]},
+            "c": failed,
+            "d": {"started": True},
+        },
+    )
+    read = await jobs._stored(client.app[appkeys.DB].query, {"job_id": job_id, "results": None})
+    assert read == {"a": done, "b": {"started": True}, "c": failed, "d": {"started": True}}
