@@ -111,13 +111,16 @@ async def test_delete_of_a_task_holding_a_bind_mount_is_refused(
 # ---------------------------------------------------------------- the walk itself
 
 
-@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "mount-id-fallback"])
-def test_the_walk_never_enters_a_bind_mount_met_after_the_check(
-    tmp_path: Path, bind, monkeypatch, openat2: bool
-) -> None:
+@pytest.fixture(params=[True, False], ids=["openat2", "mount-id-fallback"])
+def opening(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk with openat2, and with the fallback a kernel before 5.6 gets."""
+    if not request.param:
+        monkeypatch.setattr(mounts, "_openat2_missing", True)
+
+
+@pytest.mark.usefixtures("opening")
+def test_the_walk_never_enters_a_bind_mount_met_after_the_check(tmp_path: Path, bind) -> None:
     # The check passed, then something mounted: purge must stop at the mount point.
-    if not openat2:
-        monkeypatch.setattr(mounts, "_openat2_missing", True)  # as on a kernel before 5.6
     src = precious(tmp_path)
     before = tree_snapshot(src)
     holder = tmp_path / "trash" / "token"
@@ -141,12 +144,8 @@ def test_the_walk_never_enters_a_bind_mount_met_after_the_check(
     }
 
 
-@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "mount-id-fallback"])
-def test_the_walk_refuses_a_root_that_is_a_mount_point(
-    tmp_path: Path, bind, monkeypatch, openat2: bool
-) -> None:
-    if not openat2:
-        monkeypatch.setattr(mounts, "_openat2_missing", True)  # as on a kernel before 5.6
+@pytest.mark.usefixtures("opening")
+def test_the_walk_refuses_a_root_that_is_a_mount_point(tmp_path: Path, bind) -> None:
     src = precious(tmp_path)
     before = tree_snapshot(src)
     task = tmp_path / "base" / "t1"
