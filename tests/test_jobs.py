@@ -42,14 +42,9 @@ async def submit(client: Any, task_ids: list[str], **options: Any) -> dict[str, 
 
 async def finished(client: Any, job_id: str) -> dict[str, Any]:
     queue: JobQueue = client.app[appkeys.JOBS]
-    deadline = time.monotonic() + 60
-    while True:
-        job = await queue.get(job_id)
-        assert job is not None
-        if job["status"] in FINISHED:
-            return job
-        assert time.monotonic() < deadline, job
-        await asyncio.sleep(0.05)
+    job = await queue.wait(job_id, 60)
+    assert job is not None and job["status"] in FINISHED, job
+    return job
 
 
 def _normal(data: dict[str, Any], ids: list[str]) -> dict[str, Any]:
